@@ -1,0 +1,1619 @@
+#!/usr/bin/env python3
+"""macmon-otel-exporter: Apple-silicon power, temperature and load as OTLP/JSON metrics.
+
+Runs one long-lived `macmon -i <ms> pipe` child (macmon ships inside EXO.app and Homebrew),
+turns each JSON line into data points (mac.power.*, mac.energy.*, mac.temp.*, ...) and sends
+them to an OpenTelemetry Collector over OTLP/HTTP with JSON encoding.
+
+One file, Python standard library only, Python 3.9+ (macOS /usr/bin/python3 is 3.9.6):
+
+    scp macmon-otel-exporter.py mac-studio:
+    /usr/bin/python3 macmon-otel-exporter.py --endpoint http://ai-stack.local:4318
+
+Data flows one way: macmon child -> parse a sample -> build OTLP data points -> buffer -> send.
+Run with --help for every flag, its environment variable and its default.
+
+References: macmon pipe output v0.4.0..v0.9 (vladkens/macmon), OTLP/HTTP JSON
+(opentelemetry-proto docs/specification.md), OTEL_* variables (opentelemetry-specification).
+"""
+from __future__ import annotations
+
+import argparse
+import calendar
+import errno
+import gzip
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import platform
+import queue
+import random
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections import deque
+from email.utils import parsedate_to_datetime
+
+__version__ = "0.1.0"
+
+SERVICE_NAME = "macmon-otel-exporter"
+SCOPE_NAME = "tokens-per-watt/macmon"
+DEFAULT_CLUSTER = "mac-exo"
+SOURCE_NAME = "macmon"
+
+GAUGE, SUM = "gauge", "sum"
+
+# The series users' dashboards and alerts depend on: name, unit, kind, description.
+SOURCE_METRICS = [
+    ("mac.power.total", "W", GAUGE, "SoC power: CPU + GPU + ANE (macmon all_power)"),
+    ("mac.power.cpu", "W", GAUGE, "CPU power (macmon cpu_power)"),
+    ("mac.power.gpu", "W", GAUGE, "GPU power (macmon gpu_power)"),
+    ("mac.power.ane", "W", GAUGE, "Neural Engine power (macmon ane_power)"),
+    ("mac.power.ram", "W", GAUGE, "DRAM power (macmon ram_power, macmon 0.4.2+)"),
+    ("mac.power.system", "W", GAUGE, "Whole-machine power from SMC PSTR (macmon sys_power)"),
+    ("mac.power.gpu_ram", "W", GAUGE, "GPU SRAM power (macmon gpu_ram_power, macmon 0.4.2+)"),
+    ("mac.temp.cpu", "Cel", GAUGE, "Average CPU temperature (macmon temp.cpu_temp_avg)"),
+    ("mac.temp.gpu", "Cel", GAUGE, "Average GPU temperature (macmon temp.gpu_temp_avg)"),
+    ("mac.gpu.usage", "1", GAUGE, "GPU busy ratio 0-1 (gpu_scaled_ratio, gpu_usage_ratio or gpu_usage[1])"),
+    ("mac.cpu.ecpu_usage", "1", GAUGE, "E-cluster busy ratio 0-1 (ecpu_scaled_ratio, ecpu_usage_ratio or ecpu_usage[1])"),
+    ("mac.cpu.pcpu_usage", "1", GAUGE, "P-cluster busy ratio 0-1 (pcpu_scaled_ratio, pcpu_usage_ratio or pcpu_usage[1])"),
+    ("mac.memory.ram_used", "By", GAUGE, "RAM in use (macmon memory.ram_usage)"),
+    ("mac.memory.ram_total", "By", GAUGE, "Installed RAM (macmon memory.ram_total)"),
+    ("mac.memory.swap_used", "By", GAUGE, "Swap in use (macmon memory.swap_usage)"),
+    ("mac.memory.swap_total", "By", GAUGE, "Swap size (macmon memory.swap_total)"),
+    ("mac.energy.total", "J", SUM, "SoC energy: mac.power.total integrated over the sample windows"),
+    ("mac.energy.cpu", "J", SUM, "CPU energy: mac.power.cpu integrated over the sample windows"),
+    ("mac.energy.gpu", "J", SUM, "GPU energy: mac.power.gpu integrated over the sample windows"),
+    ("mac.energy.ane", "J", SUM, "ANE energy: mac.power.ane integrated over the sample windows"),
+    ("mac.energy.ram", "J", SUM, "DRAM energy: mac.power.ram integrated over the sample windows"),
+    ("mac.energy.system", "J", SUM, "Whole-machine energy: mac.power.system integrated over the sample windows"),
+]
+
+
+# ===== BEGIN SHARED CORE: identical in every exporter; edit once, run `make sync` =====
+# Everything from here to END SHARED CORE is the same text in macmon-otel-exporter.py and
+# nvsmi-otel-exporter.py (tests/test_shared_core.py compares them). The exporter-specific code
+# above and below defines SERVICE_NAME, SCOPE_NAME, DEFAULT_CLUSTER, SOURCE_NAME,
+# SOURCE_METRICS and the Source class used by main().
+
+# Exit codes: documented in --help and the README.
+EXIT_OK = 0
+EXIT_INTERNAL = 1       # a bug: please report it with the log
+EXIT_USAGE = 2          # bad flag, bad value, bad endpoint URL
+EXIT_NO_SOURCE = 3      # macmon / nvidia-smi not found
+EXIT_SOURCE_USAGE = 4   # the source rejected its arguments (exit 2): a configuration error
+EXIT_EXPORT_FAILED = 5  # --once / --check: the collector did not accept the data
+EXIT_ENV_FILE = 6       # --env-file missing, unreadable, malformed or readable by others
+
+LOG = logging.getLogger(SERVICE_NAME)
+
+# Reasons a data point can be dropped; each is a value of the `reason` attribute.
+DROP_REASONS = ("buffer_full", "rejected", "too_large", "shutdown", "spool_full")
+
+SELF_METRICS = [
+    ("exporter.samples.read", "{sample}", SUM, "Samples parsed from the source since the exporter started"),
+    ("exporter.datapoints.sent", "{datapoint}", SUM, "Data points the collector accepted"),
+    ("exporter.datapoints.dropped", "{datapoint}", SUM, "Data points given up on, by reason"),
+    ("exporter.buffer.samples", "{sample}", GAUGE, "Samples waiting to be sent"),
+    ("exporter.source.restarts", "{restart}", SUM, "Times the source process was restarted"),
+    ("exporter.source.lines_skipped", "{line}", SUM, "Source lines skipped as unparsable"),
+    ("exporter.send.errors", "{error}", SUM, "Failed export requests, by error type"),
+]
+
+
+class ConfigError(Exception):
+    """A mistake the user can fix; carries the exit code and a one-line message."""
+
+    def __init__(self, message, code=EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+class SourceUsageError(Exception):
+    """The source exited 2: it does not accept the arguments we gave it."""
+
+
+# ---------------------------------------------------------------- configuration
+
+def env_get(name, default=None):
+    """An empty variable means the same as an unset one (OTel SDK configuration rule)."""
+    value = os.environ.get(name, "")
+    return value if value != "" else default
+
+
+def load_env_file(path):
+    """KEY=VALUE lines into os.environ, without overriding what the environment already sets."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc.strerror}; create it or fix --env-file", EXIT_ENV_FILE)
+    if st.st_mode & 0o077:
+        raise ConfigError(f"env file {path} is readable by others (mode {st.st_mode & 0o777:o}); "
+                          f"run: chmod 600 {path}", EXIT_ENV_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc}", EXIT_ENV_FILE)
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise ConfigError(f"env file {path} line {number}: expected KEY=VALUE", EXIT_ENV_FILE)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        os.environ.setdefault(key, value)
+
+
+def parse_key_values(text, what):
+    """W3C-baggage style `k1=v1,k2=v2` with percent-encoded values (OTEL_* headers, resources)."""
+    pairs = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what}: '{item.split('=')[0]}...' is not key=value")
+        pairs[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+    return pairs
+
+
+def metrics_url(args):
+    """OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is used as-is; a base endpoint gets v1/metrics appended."""
+    if args.metrics_endpoint:
+        url = args.metrics_endpoint
+    else:
+        url = args.endpoint.rstrip("/") + "/v1/metrics"
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"endpoint {url!r} is not an http:// or https:// URL; "
+                          f"use e.g. --endpoint http://127.0.0.1:4318")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"endpoint {url!r} has a bad port number")
+    return url
+
+
+def interval_value(text):
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    return seconds
+
+
+def positive_int(text):
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+SHARED_SETTINGS = [
+    # flag, environment variable, default, help
+    ("--endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318",
+     "collector base URL; /v1/metrics is appended"),
+    ("--metrics-endpoint", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None,
+     "full metrics URL, used as-is (wins over --endpoint)"),
+    ("--headers", "OTEL_EXPORTER_OTLP_HEADERS", None,
+     "extra HTTP headers, k1=v1,k2=v2, values percent-encoded (never logged)"),
+    ("--metrics-headers", "OTEL_EXPORTER_OTLP_METRICS_HEADERS", None,
+     "like --headers, for metrics only; wins on the same key"),
+    ("--timeout", "OTEL_EXPORTER_OTLP_TIMEOUT", "10000", "export request timeout in milliseconds"),
+    ("--compression", "OTEL_EXPORTER_OTLP_COMPRESSION", "none", "none or gzip"),
+    ("--certificate", "OTEL_EXPORTER_OTLP_CERTIFICATE", None,
+     "PEM CA bundle to verify the collector's TLS certificate (TLS is always verified)"),
+    ("--exporter", "OTEL_METRICS_EXPORTER", "otlp", "otlp (send), console (print instead) or none"),
+    ("--interval", "TPW_INTERVAL", "5", "seconds between samples, 0.1 to 3600"),
+    ("--cluster", "TPW_CLUSTER", DEFAULT_CLUSTER, "value of the `cluster` resource attribute"),
+    ("--environment", "TPW_ENVIRONMENT", None,
+     "deployment.environment.name (and the older deployment.environment)"),
+    ("--buffer-max", "TPW_BUFFER_MAX", None,
+     "samples kept while the collector is away; default one hour of samples"),
+    ("--spool-dir", "TPW_SPOOL_DIR", None, "keep unsent samples in this folder across restarts"),
+    ("--spool-max-bytes", "TPW_SPOOL_MAX_BYTES", "52428800", "size bound of the spool file"),
+    ("--batch-max", "TPW_BATCH_MAX", "500", "most samples in one export request"),
+    ("--log-level", "TPW_LOG_LEVEL", "info", "debug, info, warning or error"),
+]
+
+
+def build_parser(source_settings, description):
+    """argparse with every default taken from its environment variable, shown in --help."""
+    parser = argparse.ArgumentParser(
+        prog=SERVICE_NAME, description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=exit_codes_help())
+    for flag, env, default, text in source_settings + SHARED_SETTINGS:
+        dest = flag[2:].replace("-", "_")
+        shown = "none" if default is None else default
+        kwargs = {"dest": dest, "default": env_get(env, default),
+                  "help": f"{text} [env {env}; default {shown}]"}
+        if flag == "--interval":
+            kwargs["type"] = interval_value
+        elif flag in ("--buffer-max", "--batch-max", "--spool-max-bytes"):
+            kwargs["type"] = positive_int
+        if kwargs["default"] is not None and "type" in kwargs:
+            try:
+                kwargs["default"] = kwargs["type"](kwargs["default"])
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"{env}={os.environ.get(env)!r}: {exc}")
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--resource", action="append", default=[], metavar="KEY=VALUE",
+                        help="add or override a resource attribute; repeatable "
+                             "[env OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME]")
+    parser.add_argument("--env-file", default=env_get("TPW_ENV_FILE"), metavar="PATH",
+                        help="read KEY=VALUE lines (mode 0600) before anything else; keeps tokens out "
+                             "of plists and command lines [env TPW_ENV_FILE; default none]")
+    parser.add_argument("--console", action="store_true",
+                        help="print each sample readably instead of sending (same as --exporter console)")
+    parser.add_argument("--once", action="store_true",
+                        help="take one sample, send it, exit 0 only if the collector accepted it")
+    parser.add_argument("--check", action="store_true", help="diagnose this host and the collector, then exit")
+    parser.add_argument("--list-metrics", action="store_true", help="print the metric table as JSON and exit")
+    parser.add_argument("--version", action="version", version=f"{SERVICE_NAME} {__version__}")
+    return parser
+
+
+def exit_codes_help():
+    return ("exit codes:\n"
+            f"  {EXIT_OK}  stopped cleanly (SIGTERM/SIGINT), or --once/--check succeeded\n"
+            f"  {EXIT_INTERNAL}  internal error (a bug; report it with the log)\n"
+            f"  {EXIT_USAGE}  bad flag, value or endpoint URL\n"
+            f"  {EXIT_NO_SOURCE}  {SOURCE_NAME} not found (the message lists every place looked)\n"
+            f"  {EXIT_SOURCE_USAGE}  {SOURCE_NAME} rejected its arguments (exit 2): configuration error\n"
+            f"  {EXIT_EXPORT_FAILED}  --once/--check: the collector did not accept the data\n"
+            f"  {EXIT_ENV_FILE}  --env-file missing, malformed or readable by others\n")
+
+
+def finish_config(args):
+    """Derive the values the run needs from parsed flags; raise ConfigError on anything wrong."""
+    args.exporter = "console" if args.console else (args.exporter or "otlp").strip().lower()
+    if args.exporter == "logging":
+        args.exporter = "console"
+    if args.exporter not in ("otlp", "console", "none"):
+        raise ConfigError(f"--exporter/OTEL_METRICS_EXPORTER {args.exporter!r}: use otlp, console or none")
+    args.compression = (args.compression or "none").strip().lower()
+    if args.compression not in ("none", "gzip"):
+        raise ConfigError(f"--compression {args.compression!r}: use none or gzip")
+    try:
+        args.timeout_s = int(args.timeout) / 1000.0
+    except ValueError:
+        raise ConfigError(f"--timeout/OTEL_EXPORTER_OTLP_TIMEOUT {args.timeout!r}: milliseconds, e.g. 10000")
+    if args.timeout_s <= 0:
+        args.timeout_s = 3600.0  # 0 means "no limit"; an hour stands in for it
+    args.url = metrics_url(args)
+    args.http_headers = {}
+    for text, what in ((args.headers, "--headers"), (args.metrics_headers, "--metrics-headers")):
+        if text:
+            args.http_headers.update(parse_key_values(text, what))
+    if args.certificate and not os.path.isfile(args.certificate):
+        raise ConfigError(f"--certificate {args.certificate}: no such file")
+    if args.buffer_max is None:
+        args.buffer_max = max(1, int(3600 / args.interval))
+    args.batch_max = min(args.batch_max, max(1, args.buffer_max))
+    level = (args.log_level or "info").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"--log-level {args.log_level!r}: use debug, info, warning or error")
+    args.log_level = level
+    args.resource_attributes = resource_attributes(args)
+    return args
+
+
+# ---------------------------------------------------------------- resource
+
+def machine_id():
+    """A stable per-machine identity for service.instance.id (never sent as such)."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as fh:
+                value = fh.read().strip()
+            if value:
+                return value
+        except OSError:
+            pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["/usr/sbin/ioreg", "-rd1", "-c", "IOPlatformExpertDevice"],
+                                 capture_output=True, text=True, timeout=5).stdout
+            found = re.search(r'"IOPlatformUUID" = "([^"]+)"', out)
+            if found:
+                return found.group(1)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return socket.gethostname()
+
+
+def host_arch():
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+            "i386": "x86", "i686": "x86", "armv7l": "arm32", "ppc64le": "ppc64", "s390x": "s390x"}.get(machine, machine)
+
+
+def resource_attributes(args):
+    """Defaults < OTEL_RESOURCE_ATTRIBUTES < --resource < OTEL_SERVICE_NAME (spec precedence)."""
+    attrs = {
+        "service.name": SERVICE_NAME,
+        "service.version": __version__,
+        "host.name": socket.gethostname(),
+        "host.arch": host_arch(),
+        "os.type": platform.system().lower(),
+        "cluster": args.cluster or DEFAULT_CLUSTER,
+    }
+    env_attrs = env_get("OTEL_RESOURCE_ATTRIBUTES")
+    if env_attrs:
+        try:
+            attrs.update(parse_key_values(env_attrs, "OTEL_RESOURCE_ATTRIBUTES"))
+        except ConfigError as exc:
+            LOG.warning("ignoring OTEL_RESOURCE_ATTRIBUTES: %s", exc)
+    for item in args.resource:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--resource {item!r}: use KEY=VALUE")
+        attrs[key] = value
+    if env_get("OTEL_SERVICE_NAME"):
+        attrs["service.name"] = env_get("OTEL_SERVICE_NAME")
+    environment = args.environment or attrs.get("deployment.environment.name") or attrs.get("deployment.environment")
+    if environment:
+        # .name is the current convention; the deprecated key stays because existing dashboards filter on it.
+        attrs["deployment.environment.name"] = environment
+        attrs["deployment.environment"] = environment
+    attrs.setdefault("service.instance.id", str(uuid.uuid5(
+        uuid.UUID("4d63009a-8d0f-11ee-aad7-4c796ed8e320"), f"{machine_id()}/{attrs['service.name']}")))
+    return attrs
+
+
+# ---------------------------------------------------------------- OTLP/JSON encoding
+
+def json_str(text):
+    return json.dumps(text, ensure_ascii=False)
+
+
+def encode_attributes(pairs):
+    """[(key, value), ...] -> the OTLP KeyValue list as JSON text."""
+    items = []
+    for key, value in pairs:
+        if isinstance(value, bool):
+            encoded = '{"boolValue":%s}' % ("true" if value else "false")
+        elif isinstance(value, int):
+            encoded = '{"intValue":"%d"}' % value
+        elif isinstance(value, float):
+            encoded = '{"doubleValue":%r}' % value
+        else:
+            encoded = '{"stringValue":%s}' % json_str(str(value))
+        items.append('{"key":%s,"value":%s}' % (json_str(key), encoded))
+    return "[" + ",".join(items) + "]"
+
+
+def encode_point(time_ns, value, attributes=(), start_ns=0):
+    """One NumberDataPoint as JSON text: 64-bit integers as strings, value always present."""
+    parts = []
+    if attributes:
+        parts.append('"attributes":' + encode_attributes(attributes))
+    if start_ns:
+        parts.append('"startTimeUnixNano":"%d"' % start_ns)
+    parts.append('"timeUnixNano":"%d"' % time_ns)
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts.append('"asInt":"%d"' % value)
+    else:
+        parts.append('"asDouble":%r' % float(value))
+    return "{" + ",".join(parts) + "}"
+
+
+class MetricTable:
+    """Name -> (unit, kind, description) for every series this exporter can send."""
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+        self.by_name = {name: (unit, kind, text) for name, unit, kind, text in self.rows}
+        self.order = {name: i for i, (name, _u, _k, _t) in enumerate(self.rows)}
+
+    def as_json(self):
+        return [{"name": n, "unit": u, "type": "sum" if k == SUM else "gauge",
+                 "monotonic": k == SUM, "description": t} for n, u, k, t in self.rows]
+
+    def header(self, name):
+        """The Metric object up to its dataPoints list, as JSON text."""
+        unit, kind, text = self.by_name[name]
+        head = '{"name":%s,"description":%s,"unit":%s,' % (json_str(name), json_str(text), json_str(unit))
+        if kind == SUM:
+            return head + '"sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":['
+        return head + '"gauge":{"dataPoints":['
+
+
+def build_request(table, resource_json, samples):
+    """Many samples -> one ExportMetricsServiceRequest (JSON text), series grouped by metric name."""
+    grouped = {}
+    for sample in samples:
+        for name, point in sample.points:
+            grouped.setdefault(name, []).append(point)
+    metrics = [table.header(name) + ",".join(points) + "]}}"
+               for name, points in sorted(grouped.items(), key=lambda item: table.order[item[0]])]
+    return ('{"resourceMetrics":[{"resource":{"attributes":%s},"scopeMetrics":[{"scope":{"name":%s,"version":%s},'
+            '"metrics":[%s]}]}]}' % (resource_json, json_str(SCOPE_NAME), json_str(__version__), ",".join(metrics)))
+
+
+class Sample:
+    """One reading of the source: its time and its data points, already encoded as JSON text."""
+
+    __slots__ = ("time_ns", "points")
+
+    def __init__(self, time_ns, points):
+        self.time_ns = time_ns
+        self.points = points  # [(metric name, data point JSON text), ...]
+
+
+class EnergyCounter:
+    """Power integrated over back-to-back sample windows: a monotonic cumulative Sum in joules."""
+
+    def __init__(self, start_ns):
+        self.start_ns = start_ns
+        self.joules = 0.0
+
+    def add(self, watts, seconds):
+        if watts >= 0 and seconds > 0:
+            self.joules += watts * seconds
+        return self.joules
+
+
+def window_seconds(previous_ns, time_ns, interval):
+    """The real time a sample covers; an implausible gap (sleep, stall) counts as one interval."""
+    if previous_ns is None:
+        return interval
+    seconds = (time_ns - previous_ns) / 1e9
+    if 0.5 * interval <= seconds <= 2.0 * interval:
+        return seconds
+    return interval
+
+
+def finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and value not in (float("inf"), float("-inf"))
+
+
+# ---------------------------------------------------------------- counters about ourselves
+
+class Stats:
+    """What the exporter did, for its own metrics and its log lines. Guarded by one lock."""
+
+    def __init__(self, start_ns):
+        self.lock = threading.Lock()
+        self.start_ns = start_ns
+        self.samples_read = 0
+        self.samples_delivered = 0
+        self.samples_dropped = {}
+        self.points_sent = 0
+        self.points_dropped = {reason: 0 for reason in DROP_REASONS}
+        self.source_restarts = 0
+        self.lines_skipped = 0
+        self.send_errors = {}
+
+    def dropped(self, reason, samples):
+        with self.lock:
+            self.samples_dropped[reason] = self.samples_dropped.get(reason, 0) + len(samples)
+            self.points_dropped[reason] = self.points_dropped.get(reason, 0) + sum(len(s.points) for s in samples)
+
+    def delivered(self, samples):
+        with self.lock:
+            self.samples_delivered += len(samples)
+            self.points_sent += sum(len(s.points) for s in samples)
+
+    def send_error(self, kind):
+        with self.lock:
+            self.send_errors[kind] = self.send_errors.get(kind, 0) + 1
+
+    def points(self, time_ns, buffered):
+        """The exporter.* data points to add to a sample taken at time_ns."""
+        start = self.start_ns
+        with self.lock:
+            out = [
+                ("exporter.samples.read", encode_point(time_ns, self.samples_read, (), start)),
+                ("exporter.datapoints.sent", encode_point(time_ns, self.points_sent, (), start)),
+                ("exporter.buffer.samples", encode_point(time_ns, buffered)),
+                ("exporter.source.restarts", encode_point(time_ns, self.source_restarts, (), start)),
+                ("exporter.source.lines_skipped", encode_point(time_ns, self.lines_skipped, (), start)),
+            ]
+            out += [("exporter.datapoints.dropped", encode_point(time_ns, n, (("reason", r),), start))
+                    for r, n in sorted(self.points_dropped.items())]
+            out += [("exporter.send.errors", encode_point(time_ns, n, (("error.type", k),), start))
+                    for k, n in sorted(self.send_errors.items())]
+        return out
+
+    def summary(self):
+        with self.lock:
+            dropped = sum(self.samples_dropped.values())
+            detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.samples_dropped.items()) if v) or "none"
+            return (f"samples read {self.samples_read}, delivered {self.samples_delivered}, "
+                    f"dropped {dropped} ({detail}), lines skipped {self.lines_skipped}, "
+                    f"source restarts {self.source_restarts}")
+
+
+# ---------------------------------------------------------------- buffer and spool
+
+class SampleBuffer:
+    """Unsent samples, oldest first, bounded. The sender takes a batch from the front ("in flight")
+    and either commits it (delivered or given up on) or releases it for a retry."""
+
+    def __init__(self, max_samples, stats):
+        self.max_samples = max_samples
+        self.stats = stats
+        self.samples = deque()
+        self.in_flight = 0
+        self.cond = threading.Condition()
+        self.overflowing = False
+        self.overflow_dropped = 0
+
+    def __len__(self):
+        with self.cond:
+            return len(self.samples)
+
+    def add(self, sample):
+        with self.cond:
+            self.samples.append(sample)
+            while len(self.samples) > self.max_samples and len(self.samples) > self.in_flight:
+                # Drop the oldest sample that is not in flight, so a batch being sent stays intact.
+                oldest = self.samples[self.in_flight]
+                del self.samples[self.in_flight]
+                self.stats.dropped("buffer_full", [oldest])
+                self.overflow_dropped += 1
+                if not self.overflowing:
+                    self.overflowing = True
+                    LOG.warning("buffer full (%d samples): dropping the oldest samples until the collector "
+                                "catches up; raise --buffer-max to keep more", self.max_samples)
+            self.cond.notify_all()
+
+    def take(self, count, wait_s):
+        """Mark up to `count` samples from the front as in flight; wait up to wait_s for one."""
+        with self.cond:
+            if not self.samples:
+                self.cond.wait(wait_s)
+            self.in_flight = min(count, len(self.samples))
+            return [self.samples[i] for i in range(self.in_flight)]
+
+    def commit(self, count):
+        with self.cond:
+            for _ in range(min(count, self.in_flight)):
+                self.samples.popleft()
+            self.in_flight = 0
+            if not self.samples:
+                self.overflowing = False
+
+    def release(self):
+        with self.cond:
+            self.in_flight = 0
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.samples)
+
+    def prepend(self, samples):
+        """Samples recovered from the spool go first: they are older than anything read since."""
+        with self.cond:
+            self.samples.extendleft(reversed(samples))
+            while len(self.samples) > self.max_samples:
+                self.stats.dropped("buffer_full", [self.samples.popleft()])
+
+
+class Spool:
+    """Unsent samples on disk across restarts: one JSON document, replaced atomically."""
+
+    FORMAT = 1
+
+    def __init__(self, directory, max_bytes, stats):
+        self.directory = directory
+        self.path = os.path.join(directory, f"{SERVICE_NAME}.spool.json")
+        self.max_bytes = max_bytes
+        self.stats = stats
+
+    def load(self):
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                document = json.load(fh)
+            if document.get("format") != self.FORMAT:
+                raise ValueError(f"unknown spool format {document.get('format')!r}")
+            samples = [Sample(int(t), [(str(n), str(p)) for n, p in points]) for t, points in document["samples"]]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = f"{self.path}.corrupt-{int(time.time())}"
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                aside = "(could not move it)"
+            LOG.warning("spool %s is unreadable (%s); moved aside to %s, starting empty", self.path, exc, aside)
+            return []
+        LOG.info("spool: %d unsent samples from the last run will be sent first", len(samples))
+        return samples
+
+    def save(self, samples):
+        """Write the samples, dropping the oldest while the file would exceed its size bound."""
+        os.makedirs(self.directory, exist_ok=True)
+        encoded = [json.dumps([s.time_ns, s.points], separators=(",", ":")) for s in samples]
+        overhead = 64
+        total = overhead + sum(len(e.encode("utf-8")) + 1 for e in encoded)
+        first = 0
+        while total > self.max_bytes and first < len(encoded):
+            total -= len(encoded[first].encode("utf-8")) + 1
+            first += 1
+        if first:
+            self.stats.dropped("spool_full", samples[:first])
+            LOG.warning("spool: %d oldest samples do not fit in %d bytes and were dropped", first, self.max_bytes)
+        if first == len(encoded):
+            self.clear()
+            return 0
+        text = '{"format":%d,"samples":[\n%s\n]}\n' % (self.FORMAT, ",\n".join(encoded[first:]))
+        temporary = f"{self.path}.tmp-{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, self.path)
+        return len(encoded) - first
+
+    def clear(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+# ---------------------------------------------------------------- sending
+
+RETRYABLE_STATUS = (429, 502, 503, 504)
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
+RETRY_AFTER_MAX_S = 300.0
+
+
+class Outcome:
+    """What became of one export request."""
+
+    def __init__(self, kind, detail="", retry_after=None, rejected=0, status=None):
+        self.kind = kind            # "ok", "partial", "retry", "reject", "too_large"
+        self.detail = detail
+        self.retry_after = retry_after
+        self.rejected = rejected
+        self.status = status
+
+
+def parse_retry_after(value):
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def response_message(body):
+    """The collector's google.rpc.Status message, or the start of whatever it sent."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        document = json.loads(text)
+        if isinstance(document, dict) and document.get("message"):
+            return str(document["message"])[:300]
+    except ValueError:
+        pass
+    return text[:300]
+
+
+def classify_response(status, headers, body):
+    """Map an HTTP answer to an Outcome by the OTLP rules: retry only 429/502/503/504."""
+    if status == 200:
+        partial = {}
+        try:
+            document = json.loads(body.decode("utf-8", "replace")) if body.strip() else {}
+            partial = (document.get("partialSuccess") or {}) if isinstance(document, dict) else {}
+        except ValueError:
+            partial = {}
+        rejected = 0
+        try:
+            rejected = int(partial.get("rejectedDataPoints") or 0) if isinstance(partial, dict) else 0
+        except (TypeError, ValueError):
+            rejected = 0
+        message = str(partial.get("errorMessage") or "") if isinstance(partial, dict) else ""
+        if rejected or message:
+            return Outcome("partial", message, rejected=rejected, status=200)
+        return Outcome("ok", status=200)
+    if 200 < status < 300:
+        return Outcome("ok", status=status)
+    if status in RETRYABLE_STATUS:
+        return Outcome("retry", f"HTTP {status}", parse_retry_after(headers.get("Retry-After")), status=status)
+    if status == 413:
+        return Outcome("too_large", "HTTP 413 request too large", status=413)
+    return Outcome("reject", f"HTTP {status}: {response_message(body)}", status=status)
+
+
+class OtlpHttpClient:
+    """POSTs OTLP/JSON bodies over one kept-alive connection, reconnecting when it breaks."""
+
+    def __init__(self, url, headers, timeout_s, compression, cafile):
+        self.url = url
+        parts = urllib.parse.urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.https else 80)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.timeout_s = timeout_s
+        self.gzip = compression == "gzip"
+        self.headers = {"Content-Type": "application/json", "User-Agent": f"{SERVICE_NAME}/{__version__}"}
+        self.headers.update(headers)
+        if self.gzip:
+            self.headers["Content-Encoding"] = "gzip"
+        self.context = ssl.create_default_context(cafile=cafile) if self.https else None
+        self.conn = None
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def post(self, body, timeout_s=None):
+        """Returns an Outcome; network failures become retryable outcomes, never exceptions."""
+        data = body.encode("utf-8")
+        if self.gzip:
+            data = gzip.compress(data, compresslevel=6)
+        timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
+        try:
+            if self.conn is None:
+                if self.https:
+                    self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
+                else:
+                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            else:
+                self.conn.timeout = timeout
+                if self.conn.sock is not None:
+                    self.conn.sock.settimeout(timeout)
+            self.conn.request("POST", self.path, body=data, headers=self.headers)
+            response = self.conn.getresponse()
+            answer = response.read(MAX_RESPONSE_BYTES + 1)
+            if response.getheader("Connection", "").lower() == "close":
+                self.close()
+            return classify_response(response.status, response.headers, answer[:MAX_RESPONSE_BYTES])
+        except socket.timeout:
+            self.close()
+            return Outcome("retry", "timeout", status="timeout")
+        except ssl.SSLError as exc:
+            self.close()
+            return Outcome("retry", f"TLS error: {exc.reason or exc}", status="tls")
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            return Outcome("retry", describe_network_error(exc), status=network_error_type(exc))
+
+
+def network_error_type(exc):
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection_refused"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)):
+        return "connection_reset"
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if getattr(exc, "errno", None) == errno.EHOSTUNREACH:
+        return "host_unreachable"
+    return "network"
+
+
+def describe_network_error(exc):
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the collector's host name ({exc.strerror or exc})"
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+class Sender(threading.Thread):
+    """Drains the buffer to the collector, oldest first, never blocking the sampling loop."""
+
+    def __init__(self, client, buffer, stats, table, resource_json, batch_max):
+        super().__init__(name="sender", daemon=True)
+        self.client = client
+        self.buffer = buffer
+        self.stats = stats
+        self.table = table
+        self.resource_json = resource_json
+        self.batch_max = batch_max
+        self.stopping = threading.Event()
+        self.deadline = None  # monotonic time after which a stopping sender gives up
+        self.outage_since = None
+        self.outage_late = 0
+        self.last_reminder = 0.0
+        self.backoff = BACKOFF_FIRST_S
+
+    def run(self):
+        while True:
+            if self.stopping.is_set() and (not len(self.buffer) or time.monotonic() >= self.deadline):
+                return
+            batch = self.buffer.take(self.batch_max, 0.5)
+            if not batch:
+                continue
+            done, outcome = self.deliver(batch)
+            self.buffer.commit(done)
+            if outcome.kind == "retry":
+                self.wait_before_retry(outcome)
+                continue
+            self.backoff = BACKOFF_FIRST_S
+            if self.outage_since is not None and not len(self.buffer):
+                self.end_outage()
+
+    def remaining(self):
+        if self.deadline is None:
+            return None
+        return max(0.05, self.deadline - time.monotonic())
+
+    def deliver(self, batch):
+        """Send one batch, halving it while it is too large. Returns (how many samples from the
+        front are finished with, delivered or given up on; the last Outcome)."""
+        body = build_request(self.table, self.resource_json, batch)
+        if len(body) > MAX_REQUEST_BYTES and len(batch) > 1:
+            outcome = Outcome("too_large", "over the request size cap")
+        else:
+            outcome = self.client.post(body, self.remaining())
+        if outcome.kind == "too_large":
+            if len(batch) == 1:
+                LOG.error("collector refuses even a single sample as too large (%s); dropping it", outcome.detail)
+                self.stats.dropped("too_large", batch)
+                return 1, Outcome("reject")
+            half = len(batch) // 2
+            done, first = self.deliver(batch[:half])
+            if done < half:
+                return done, first
+            done, second = self.deliver(batch[half:])
+            return half + done, second
+        self.account(batch, outcome)
+        return (0 if outcome.kind == "retry" else len(batch)), outcome
+
+    def account(self, batch, outcome):
+        if outcome.kind == "retry":
+            self.stats.send_error(str(outcome.status))
+            self.note_outage(outcome)
+            return
+        if outcome.kind == "reject":
+            self.stats.send_error(str(outcome.status))
+            LOG.error("collector rejected %d samples, not retrying (%s)", len(batch), outcome.detail)
+            self.stats.dropped("rejected", batch)
+            return
+        if outcome.kind == "partial":
+            LOG.warning("collector accepted the request but rejected %d data points: %s",
+                        outcome.rejected, outcome.detail or "(no message)")
+            with self.stats.lock:
+                self.stats.points_dropped["rejected"] += outcome.rejected
+        self.stats.delivered(batch)
+        if self.outage_since is not None:
+            self.outage_late += len(batch)
+
+    def note_outage(self, outcome):
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+            self.last_reminder = now
+            self.outage_late = 0
+            self.buffer.overflow_dropped = 0
+            LOG.warning("cannot deliver to %s: %s; buffering samples (up to %d) and retrying",
+                        self.client.url, outcome.detail, self.buffer.max_samples)
+        elif now - self.last_reminder >= 60:
+            self.last_reminder = now
+            LOG.warning("collector still unavailable after %s (%s); %d samples buffered",
+                        format_duration(now - self.outage_since), outcome.detail, len(self.buffer))
+
+    def end_outage(self):
+        took = format_duration(time.monotonic() - self.outage_since)
+        LOG.info("collector is back after %s: delivered %d samples late, dropped %d while the buffer was full",
+                 took, self.outage_late, self.buffer.overflow_dropped)
+        self.outage_since = None
+        self.buffer.overflow_dropped = 0
+
+    def wait_before_retry(self, outcome):
+        if outcome.retry_after is not None:
+            delay = min(outcome.retry_after, RETRY_AFTER_MAX_S)
+        else:
+            delay = self.backoff * random.uniform(0.8, 1.2)
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+        if self.stopping.is_set():
+            time.sleep(min(delay, self.remaining()))
+        else:
+            self.stopping.wait(delay)
+
+    def stop(self, flush_s):
+        """Flush what remains for at most flush_s seconds, then return."""
+        self.deadline = time.monotonic() + flush_s
+        self.stopping.set()
+        with self.buffer.cond:
+            self.buffer.cond.notify_all()
+        self.join(flush_s + 0.5)
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# ---------------------------------------------------------------- the source process
+
+class SourceProcess:
+    """One long-lived child (macmon / nvidia-smi) whose stdout lines arrive through a queue."""
+
+    def __init__(self, argv):
+        self.argv = argv
+        self.lines = queue.Queue()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        self.stderr_tail = deque(maxlen=20)
+        threading.Thread(target=self.pump, args=(self.proc.stdout, True), daemon=True).start()
+        threading.Thread(target=self.pump, args=(self.proc.stderr, False), daemon=True).start()
+
+    def pump(self, stream, is_stdout):
+        for raw in iter(stream.readline, b""):
+            text = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if is_stdout:
+                self.lines.put((time.time_ns(), text))
+            else:
+                self.stderr_tail.append(text)
+        if is_stdout:
+            self.lines.put((time.time_ns(), None))  # end of output
+
+    def stop(self):
+        """SIGTERM, then SIGKILL: never leave an orphaned macmon or nvidia-smi behind."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except OSError:
+                self.proc.terminate()
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except OSError:
+                    self.proc.kill()
+                try:
+                    self.proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    LOG.error("%s (pid %d) did not die after SIGKILL (stuck in the kernel?)", SOURCE_NAME, self.proc.pid)
+        return self.proc.returncode
+
+    def exit_description(self):
+        code = self.proc.poll()
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        message = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
+        return f"exit {code}" + (f": {message.strip()}" if message else "")
+
+
+class Supervisor:
+    """Keeps one source child alive: restart with capped backoff, kill when silent, stop on exit 2."""
+
+    def __init__(self, source, interval, stats, stopping):
+        self.source = source
+        self.interval = interval
+        self.stats = stats
+        self.stopping = stopping
+        self.child = None
+        self.backoff = 1.0
+        self.started_once = False
+
+    def lines(self):
+        """Yields (read time ns, line) for every stdout line, across restarts, until stopping."""
+        while not self.stopping.is_set():
+            self.start()
+            if self.child is None:
+                continue
+            got_line = False
+            silence_s = 3 * self.interval + (STARTUP_GRACE_S if not got_line else 0)
+            while not self.stopping.is_set():
+                try:
+                    read_ns, line = self.child.lines.get(timeout=min(0.25, silence_s))
+                except queue.Empty:
+                    if (time.monotonic() - self.last_line) > silence_s:
+                        LOG.warning("%s printed nothing for %.1fs; restarting it", SOURCE_NAME, silence_s)
+                        break
+                    continue
+                if line is None:
+                    break
+                self.last_line = time.monotonic()
+                if not got_line:
+                    got_line = True
+                    silence_s = 3 * self.interval
+                yield read_ns, line
+            self.finish_child(got_line)
+
+    def start(self):
+        self.source.reset()
+        argv = None
+        try:
+            argv = self.source.command(self.interval)
+            self.child = SourceProcess(argv)
+        except OSError as exc:
+            self.child = None
+            LOG.error("cannot start %s (%s): %s", SOURCE_NAME, argv[0] if argv else "?", exc)
+            self.pause()
+            return
+        if self.started_once:
+            with self.stats.lock:
+                self.stats.source_restarts += 1
+        self.started_once = True
+        self.last_line = time.monotonic()
+        LOG.info("started %s (pid %d): %s", SOURCE_NAME, self.child.proc.pid, " ".join(argv))
+
+    def finish_child(self, got_line):
+        self.child.stop()
+        if self.stopping.is_set():
+            return
+        code = self.child.proc.returncode
+        description = self.child.exit_description()
+        if code == 2:
+            raise SourceUsageError(f"{SOURCE_NAME} rejected its arguments ({description}); "
+                                   f"command was: {' '.join(self.child.argv)}")
+        if got_line:
+            self.backoff = 1.0
+        LOG.warning("%s stopped (%s); restarting in %.0fs", SOURCE_NAME, description, self.backoff)
+        self.pause()
+
+    def pause(self):
+        self.stopping.wait(self.backoff)
+        self.backoff = min(self.backoff * 2, 30.0)
+
+    def close(self):
+        if self.child is not None:
+            self.child.stop()
+
+
+STARTUP_GRACE_S = 10.0  # the first line needs start-up time (macmon scans SMC keys) plus one interval
+
+
+# ---------------------------------------------------------------- running
+
+def setup_logging(level):
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(level)
+    LOG.propagate = False
+
+
+def print_console(table, sample, out=None):
+    """A readable rendering of one sample: what would be sent."""
+    out = out or sys.stdout
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sample.time_ns / 1e9))
+    for name, point in sample.points:
+        document = json.loads(point)
+        value = document.get("asDouble", document.get("asInt"))
+        attrs = " ".join(f"{a['key']}={list(a['value'].values())[0]}" for a in document.get("attributes", []))
+        unit = table.by_name[name][0]
+        out.write(f"{stamp}Z  {name:<34} {value!s:>22} {unit:<10} {attrs}\n")
+    out.flush()
+
+
+class Exporter:
+    """Wires the pieces: supervisor -> source parser -> samples -> buffer -> sender."""
+
+    def __init__(self, args, source):
+        self.args = args
+        self.source = source
+        self.table = MetricTable(SOURCE_METRICS + source.extra_metrics() + SELF_METRICS)
+        self.stats = Stats(time.time_ns())
+        self.buffer = SampleBuffer(args.buffer_max, self.stats)
+        self.stopping = threading.Event()
+        self.resource_json = encode_attributes(sorted(args.resource_attributes.items()))
+        self.spool = Spool(args.spool_dir, args.spool_max_bytes, self.stats) if args.spool_dir else None
+        self.client = None
+        self.sender = None
+
+    def make_client(self):
+        a = self.args
+        return OtlpHttpClient(a.url, a.http_headers, a.timeout_s, a.compression, a.certificate)
+
+    def sample_from(self, read_ns, line):
+        """Parse one source line into a Sample, or None when the line carries no data."""
+        try:
+            parsed = self.source.parse_line(line, read_ns)
+        except ValueError as exc:
+            with self.stats.lock:
+                self.stats.lines_skipped += 1
+            LOG.debug("skipped a %s line (%s): %.120s", SOURCE_NAME, exc, line)
+            return None
+        if parsed is None:
+            return None
+        time_ns, points = parsed
+        with self.stats.lock:
+            self.stats.samples_read += 1
+        points = points + self.stats.points(time_ns, len(self.buffer))
+        return Sample(time_ns, points)
+
+    def run(self):
+        if self.args.exporter == "otlp":
+            self.client = self.make_client()
+            self.sender = Sender(self.client, self.buffer, self.stats, self.table, self.resource_json,
+                                 self.args.batch_max)
+            if self.spool:
+                self.buffer.prepend(self.spool.load())
+            self.sender.start()
+        supervisor = Supervisor(self.source, self.args.interval, self.stats, self.stopping)
+        LOG.info("%s %s: sampling every %gs, %s", SERVICE_NAME, __version__, self.args.interval,
+                 f"sending to {self.args.url}" if self.client else f"exporter {self.args.exporter}")
+        last_spool = time.monotonic()
+        try:
+            for read_ns, line in supervisor.lines():
+                sample = self.sample_from(read_ns, line)
+                if sample is None:
+                    continue
+                if self.args.exporter == "console":
+                    print_console(self.table, sample)
+                elif self.args.exporter == "otlp":
+                    self.buffer.add(sample)
+                    if self.spool and time.monotonic() - last_spool > 30 and self.sender.outage_since:
+                        self.spool.save(self.buffer.snapshot())
+                        last_spool = time.monotonic()
+        finally:
+            supervisor.close()
+        return self.shutdown()
+
+    def shutdown(self):
+        if self.sender is not None:
+            self.sender.stop(5.0)
+            remaining = self.buffer.snapshot()
+            if self.spool:
+                if remaining:
+                    kept = self.spool.save(remaining)
+                    LOG.info("spool: wrote %d unsent samples to %s", kept, self.spool.path)
+                else:
+                    self.spool.clear()
+            elif remaining:
+                self.stats.dropped("shutdown", remaining)
+                LOG.warning("%d samples were not delivered before exit (use --spool-dir to keep them)",
+                            len(remaining))
+            self.client.close()
+        LOG.info("stopped: %s", self.stats.summary())
+        return EXIT_OK
+
+
+def run_once(args, source):
+    """One sample, one send: exit 0 only if the collector accepted it."""
+    exporter = Exporter(args, source)
+    exporter.stopping = threading.Event()
+    supervisor = Supervisor(source, args.interval, exporter.stats, exporter.stopping)
+    sample = None
+    try:
+        for read_ns, line in supervisor.lines():
+            sample = exporter.sample_from(read_ns, line)
+            if sample is not None:
+                break
+    finally:
+        exporter.stopping.set()
+        supervisor.close()
+    if sample is None:
+        LOG.error("no sample from %s", SOURCE_NAME)
+        return EXIT_EXPORT_FAILED
+    if args.exporter != "otlp":
+        if args.exporter == "console":
+            print_console(exporter.table, sample)
+        return EXIT_OK
+    client = exporter.make_client()
+    outcome = client.post(build_request(exporter.table, exporter.resource_json, [sample]))
+    client.close()
+    if outcome.kind in ("ok", "partial"):
+        LOG.info("sent one sample (%d data points) to %s%s", len(sample.points), args.url,
+                 f"; {outcome.rejected} rejected: {outcome.detail}" if outcome.kind == "partial" else "")
+        return EXIT_OK if outcome.kind == "ok" else EXIT_EXPORT_FAILED
+    LOG.error("the collector at %s did not accept the sample: %s", args.url, outcome.detail)
+    return EXIT_EXPORT_FAILED
+
+
+# ---------------------------------------------------------------- --check
+
+def on_link_private(address, ifconfig_text):
+    """True when a private address lies in a subnet of one of this Mac's interfaces (ifconfig output)."""
+    try:
+        target = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if not target.is_private or target.is_loopback:
+        return False
+    for found in re.finditer(r"inet (\d+\.\d+\.\d+\.\d+) netmask (0x[0-9a-fA-F]+)", ifconfig_text):
+        mask = int(found.group(2), 16)
+        network = ipaddress.ip_network(f"{found.group(1)}/{bin(mask).count('1')}", strict=False)
+        if target in network and not ipaddress.ip_address(found.group(1)).is_loopback:
+            return True
+    return False
+
+
+LOCAL_NETWORK_HINT = ("macOS Local Network privacy is blocking this process from reaching {addr} on the local "
+                      "subnet (macOS 15+ blocks LaunchAgents silently). Fix: run the exporter as a LaunchDaemon "
+                      "(make deploy ... MODE=daemon), or send to a collector on 127.0.0.1 that forwards.")
+
+
+class CheckReport:
+    def __init__(self, out=None):
+        self.out = out or sys.stdout
+        self.failed = False
+
+    def ok(self, what, detail=""):
+        self.out.write(f"  OK    {what}{': ' + detail if detail else ''}\n")
+
+    def warn(self, what, detail=""):
+        self.out.write(f"  WARN  {what}{': ' + detail if detail else ''}\n")
+
+    def fail(self, what, detail=""):
+        self.failed = True
+        self.out.write(f"  FAIL  {what}{': ' + detail if detail else ''}\n")
+
+
+def check_collector(args, report):
+    parts = urllib.parse.urlsplit(args.url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        address = infos[0][4][0]
+        report.ok("endpoint resolves", f"{parts.hostname} -> {address}")
+    except socket.gaierror as exc:
+        report.fail("endpoint resolves", f"{parts.hostname}: {exc.strerror}; check the host name in --endpoint")
+        return None
+    try:
+        with socket.create_connection((address, port), timeout=args.timeout_s):
+            pass
+        report.ok("TCP connect", f"{address}:{port}")
+    except OSError as exc:
+        if exc.errno == errno.EHOSTUNREACH and sys.platform == "darwin":
+            try:
+                ifconfig = subprocess.run(["/sbin/ifconfig"], capture_output=True, text=True, timeout=5).stdout
+            except (OSError, subprocess.SubprocessError):
+                ifconfig = ""
+            if on_link_private(address, ifconfig):
+                report.fail("TCP connect", LOCAL_NETWORK_HINT.format(addr=address))
+                return None
+        report.fail("TCP connect", f"{address}:{port}: {exc.strerror or exc}; is the collector running and "
+                                   f"listening on that address?")
+        return None
+    return address
+
+
+def run_check(args, source):
+    report = CheckReport()
+    print(f"{SERVICE_NAME} {__version__} --check")
+    sample_ok = source.check(report, args)
+    exporter = Exporter(args, source)
+    sample = None
+    if sample_ok:
+        stopping = threading.Event()
+        supervisor = Supervisor(source, min(args.interval, 1.0), exporter.stats, stopping)
+        try:
+            for read_ns, line in supervisor.lines():
+                sample = exporter.sample_from(read_ns, line)
+                if sample is not None:
+                    break
+        except SourceUsageError as exc:
+            report.fail("one sample", str(exc))
+        finally:
+            stopping.set()
+            supervisor.close()
+        if sample is not None:
+            report.ok("one sample parsed", f"{len(sample.points)} data points")
+        else:
+            report.fail("one sample parsed", f"{SOURCE_NAME} gave no usable line")
+    if args.exporter == "otlp" and check_collector(args, report):
+        if sample is None:
+            sample = Sample(time.time_ns(), exporter.stats.points(time.time_ns(), 0))
+        client = exporter.make_client()
+        outcome = client.post(build_request(exporter.table, exporter.resource_json, [sample]))
+        client.close()
+        if outcome.kind == "ok":
+            report.ok("collector accepted a POST", args.url)
+        else:
+            report.fail("collector accepted a POST", f"{args.url}: {outcome.detail or outcome.kind}")
+    print("result: " + ("problems found" if report.failed else "all checks passed"))
+    return EXIT_EXPORT_FAILED if report.failed else EXIT_OK
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    setup_logging("INFO")
+    try:
+        env_file = env_get("TPW_ENV_FILE")
+        for i, arg in enumerate(argv):
+            if arg == "--env-file" and i + 1 < len(argv):
+                env_file = argv[i + 1]
+            elif arg.startswith("--env-file="):
+                env_file = arg.split("=", 1)[1]
+        if env_file:
+            load_env_file(env_file)
+        parser = build_parser(Source.SETTINGS, Source.DESCRIPTION)
+        args = parser.parse_args(argv)
+        if args.list_metrics:
+            table = MetricTable(SOURCE_METRICS + Source.extra_metrics() + SELF_METRICS)
+            print(json.dumps(table.as_json(), indent=2))
+            return EXIT_OK
+        args = finish_config(args)
+        setup_logging(args.log_level)
+        source = Source(args)
+        if args.check:
+            return run_check(args, source)
+        source.locate()
+        if args.once:
+            return run_once(args, source)
+        exporter = Exporter(args, source)
+
+        def on_signal(signum, _frame):
+            LOG.info("received %s: stopping", signal.Signals(signum).name)
+            exporter.stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        return exporter.run()
+    except ConfigError as exc:
+        sys.stderr.write(f"{SERVICE_NAME}: {exc}\n")
+        return exc.code
+    except SourceUsageError as exc:
+        LOG.error("%s; this is a configuration error, not retrying", exc)
+        return EXIT_SOURCE_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# ===== END SHARED CORE =====
+
+
+# ---------------------------------------------------------------- macmon: where it lives
+
+def macmon_candidates(explicit):
+    """Every place macmon may be, in the order they are tried."""
+    home = os.path.expanduser("~")
+    places = []
+    if explicit:
+        places.append(("--macmon", explicit))
+    for env in ("MACMON", "EXO_MACMON_PATH"):
+        if env_get(env):
+            places.append((f"${env}", env_get(env)))
+    if env_get("EXO_RUNTIME_DIR"):
+        runtime = env_get("EXO_RUNTIME_DIR")
+        places += [("EXO runtime", os.path.join(runtime, "_internal", "macmon")),
+                   ("EXO runtime", os.path.join(runtime, "macmon"))]
+    for apps in ("/Applications", os.path.join(home, "Applications")):
+        resources = os.path.join(apps, "EXO.app", "Contents", "Resources")
+        places += [("EXO.app", os.path.join(resources, "exo", "_internal", "macmon")),
+                   ("EXO.app", os.path.join(resources, "exo", "macmon")),
+                   ("EXO.app", os.path.join(resources, "macmon"))]
+    places += [("Homebrew", "/opt/homebrew/bin/macmon"),
+               ("Homebrew (Intel prefix)", "/usr/local/bin/macmon"),
+               ("cargo", os.path.join(home, ".cargo", "bin", "macmon"))]
+    return places
+
+
+def find_macmon(explicit):
+    looked = []
+    for label, path in macmon_candidates(explicit):
+        looked.append(path)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path, label
+        if label in ("--macmon", "$MACMON", "$EXO_MACMON_PATH"):
+            # An explicit choice that does not exist is a mistake worth naming, not skipping.
+            raise ConfigError(f"{label} points at {path}, which is not an executable file", EXIT_NO_SOURCE)
+    on_path = shutil.which("macmon")
+    if on_path:
+        return on_path, "PATH"
+    looked.append("PATH")
+    raise ConfigError("macmon not found; looked in: " + ", ".join(looked) +
+                      ". Install it (brew install macmon) or pass --macmon PATH", EXIT_NO_SOURCE)
+
+
+def macmon_version(path):
+    """(major, minor, patch) from `macmon --version`, or None when it cannot tell."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in found.groups()) if found else None
+
+
+# ---------------------------------------------------------------- macmon: one line -> data points
+
+TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def parse_timestamp_ns(text):
+    """macmon's RFC 3339 time (0, 3, 6 or 9 fraction digits, +00:00) -> Unix ns. 3.9-safe."""
+    found = TIMESTAMP.match(text) if isinstance(text, str) else None
+    if not found:
+        raise ValueError(f"bad timestamp {text!r}")
+    year, month, day, hour, minute, second = (int(found.group(i)) for i in range(1, 7))
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    zone = found.group(8)
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    fraction = (found.group(7) or "").ljust(9, "0")
+    return seconds * 1_000_000_000 + int(fraction)
+
+
+def reject_constant(name):
+    raise ValueError(f"non-finite number {name}")
+
+
+def number(document, *path):
+    """A finite number at a key path, or None when absent, null or not a number."""
+    value = document
+    for key in path:
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
+            value = value[key]
+        else:
+            return None
+    return value if finite(value) else None
+
+
+def usage_ratio(document, prefix):
+    """Prefer *_scaled_ratio (0.8.1+), then *_usage_ratio (0.8.0), then the legacy [MHz, ratio] pair."""
+    for value in (number(document, f"{prefix}_scaled_ratio"), number(document, f"{prefix}_usage_ratio"),
+                  number(document, f"{prefix}_usage", 1)):
+        if value is not None:
+            return float(value)
+    return None
+
+
+POWER_FIELDS = [  # gauge, energy counter, macmon key
+    ("mac.power.total", "mac.energy.total", "all_power"),
+    ("mac.power.cpu", "mac.energy.cpu", "cpu_power"),
+    ("mac.power.gpu", "mac.energy.gpu", "gpu_power"),
+    ("mac.power.ane", "mac.energy.ane", "ane_power"),
+    ("mac.power.ram", "mac.energy.ram", "ram_power"),
+    ("mac.power.system", "mac.energy.system", "sys_power"),
+    ("mac.power.gpu_ram", None, "gpu_ram_power"),
+]
+
+
+def readings_from(document):
+    """macmon JSON -> {metric name: value}; a missing or unreadable reading is left out, never 0."""
+    readings = {}
+    for gauge, _energy, key in POWER_FIELDS:
+        watts = number(document, key)
+        if watts is None or watts < 0:
+            continue
+        if key == "sys_power" and watts == 0:
+            continue  # SMC PSTR unreadable: macmon writes 0.0
+        readings[gauge] = float(watts)
+    for metric, key in (("mac.temp.cpu", "cpu_temp_avg"), ("mac.temp.gpu", "gpu_temp_avg")):
+        celsius = number(document, "temp", key)
+        if celsius is not None and celsius > 0:  # 0.0 or null: no sensor
+            readings[metric] = float(celsius)
+    for metric, prefix in (("mac.gpu.usage", "gpu"), ("mac.cpu.ecpu_usage", "ecpu"), ("mac.cpu.pcpu_usage", "pcpu")):
+        ratio = usage_ratio(document, prefix)
+        if ratio is not None:
+            readings[metric] = ratio
+    ram_total = number(document, "memory", "ram_total")
+    if ram_total:  # 0 total RAM means macmon could not read memory (seen on new chips)
+        readings["mac.memory.ram_total"] = int(ram_total)
+        ram_used = number(document, "memory", "ram_usage")
+        if ram_used is not None:
+            readings["mac.memory.ram_used"] = int(ram_used)
+    for metric, key in (("mac.memory.swap_total", "swap_total"), ("mac.memory.swap_used", "swap_usage")):
+        value = number(document, "memory", key)
+        if value is not None and ram_total:
+            readings[metric] = int(value)
+    return readings
+
+
+class Source:
+    """macmon as the source of samples: finding it, its command line, and its lines."""
+
+    DESCRIPTION = ("Send Apple-silicon power, temperature and load from macmon to an OpenTelemetry "
+                   "Collector as OTLP/HTTP JSON metrics.")
+    SETTINGS = [("--macmon", "MACMON", None,
+                 "macmon binary; else $EXO_MACMON_PATH, EXO.app's copy, Homebrew, ~/.cargo/bin, PATH")]
+
+    def __init__(self, args):
+        self.args = args
+        self.path = None
+        self.version = None
+        self.reset()
+
+    @staticmethod
+    def extra_metrics():
+        return []
+
+    def locate(self):
+        self.path, self.found_by = find_macmon(self.args.macmon)
+        self.version = macmon_version(self.path)
+        LOG.debug("macmon %s at %s (found via %s)", self.version, self.path, self.found_by)
+
+    def command(self, interval):
+        """`-i` before the subcommand works on every version; `pipe` needs 0.4.2+, `raw` before."""
+        if self.path is None:
+            self.locate()
+        subcommand = "raw" if self.version is not None and self.version < (0, 4, 2) else "pipe"
+        return [self.path, "-i", str(max(100, int(round(interval * 1000)))), subcommand]
+
+    def reset(self):
+        """A new macmon process starts new energy series (new start time)."""
+        self.energy = {}
+        self.previous_ns = None
+
+    def parse_line(self, line, read_ns):
+        line = line.strip()
+        if not line:
+            return None
+        if not line.startswith("{"):
+            raise ValueError("not a JSON object")
+        try:
+            document = json.loads(line, parse_constant=reject_constant)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON ({exc.msg})")
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        time_ns = parse_timestamp_ns(document["timestamp"]) if "timestamp" in document else read_ns
+        readings = readings_from(document)
+        if not readings:
+            raise ValueError("no known field")
+        return time_ns, self.points(time_ns, readings)
+
+    def points(self, time_ns, readings):
+        interval = self.args.interval
+        seconds = window_seconds(self.previous_ns, time_ns, interval)
+        self.previous_ns = time_ns
+        points = []
+        for name, _unit, kind, _text in SOURCE_METRICS:
+            if kind == GAUGE and name in readings:
+                points.append((name, encode_point(time_ns, readings[name])))
+        for gauge, energy, _key in POWER_FIELDS:
+            if energy is None or gauge not in readings:
+                continue
+            counter = self.energy.get(energy)
+            if counter is None:
+                # The first window began one window before the first line.
+                counter = self.energy[energy] = EnergyCounter(time_ns - int(seconds * 1e9))
+            joules = counter.add(readings[gauge], seconds)
+            points.append((energy, encode_point(time_ns, joules, (), counter.start_ns)))
+        return points
+
+    def check(self, report, args):
+        try:
+            self.locate()
+        except ConfigError as exc:
+            report.fail("macmon found", str(exc))
+            return False
+        version = ".".join(map(str, self.version)) if self.version else "unknown version"
+        report.ok("macmon found", f"{self.path} ({self.found_by}), {version}")
+        return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""A small OTLP/HTTP JSON receiver on loopback, for `make demo` and the tests.
+
+It decodes what arrives (plain or gzip), keeps every data point, and answers the way the test
+asks: accept, hang, 429 with Retry-After, 503, 400 with a message, 413 over a size, a 200 with
+partialSuccess; `stop()` closes the port so connections are refused, `start()` opens it again.
+
+    python3 tests/tools/otlp_receiver.py --port 4318          # print each data point as it arrives
+"""
+import argparse
+import gzip
+import http.server
+import json
+import socket
+import sys
+import threading
+import time
+
+
+class Point:
+    """One decoded data point with what identifies its series."""
+
+    __slots__ = ("metric", "unit", "kind", "monotonic", "temporality", "attributes", "resource",
+                 "time_ns", "start_ns", "value", "request")
+
+    def __repr__(self):
+        return f"<{self.metric} {self.value} {self.unit} {self.attributes} @{self.time_ns}>"
+
+
+def any_value(value):
+    for key in ("stringValue", "boolValue", "doubleValue"):
+        if key in value:
+            return value[key]
+    if "intValue" in value:
+        return int(value["intValue"])
+    return value
+
+
+def attributes(items):
+    return {item["key"]: any_value(item["value"]) for item in items or []}
+
+
+def decode_request(document, request_number=0):
+    """ExportMetricsServiceRequest JSON -> [Point]."""
+    points = []
+    for rm in document.get("resourceMetrics", []):
+        resource = attributes(rm.get("resource", {}).get("attributes"))
+        for sm in rm.get("scopeMetrics", []):
+            for metric in sm.get("metrics", []):
+                kind = "sum" if "sum" in metric else "gauge"
+                body = metric[kind]
+                for dp in body.get("dataPoints", []):
+                    p = Point()
+                    p.metric, p.unit, p.kind = metric["name"], metric.get("unit", ""), kind
+                    p.monotonic = bool(body.get("isMonotonic"))
+                    p.temporality = body.get("aggregationTemporality", 0)
+                    p.attributes = attributes(dp.get("attributes"))
+                    p.resource = resource
+                    p.time_ns = int(dp["timeUnixNano"])
+                    p.start_ns = int(dp.get("startTimeUnixNano", 0))
+                    p.value = float(dp["asDouble"]) if "asDouble" in dp else int(dp["asInt"])
+                    p.request = request_number
+                    points.append(p)
+    return points
+
+
+class Receiver:
+    """Start on a free loopback port; set .mode (and friends) to change how it answers."""
+
+    def __init__(self, port=0, host="127.0.0.1"):
+        self.host = host
+        self.port = port
+        self.lock = threading.Lock()
+        self.points = []
+        self.requests = []      # (headers dict, raw body bytes, decoded document or None, status)
+        self.mode = "accept"    # accept | hang | 429 | 503 | 400 | 413 | partial
+        self.retry_after = None
+        self.hang_s = 5.0
+        self.max_body = None    # answer 413 above this many bytes
+        self.on_point = None
+        self.server = None
+        self.start()
+
+    @property
+    def url(self):
+        return f"http://{self.host}:{self.port}"
+
+    def start(self):
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                receiver.handle(self)
+
+        server = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self.server = server
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self):
+        """Close the port: new connections are refused until start()."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def reply(self, handler, status, body, headers=None):
+        data = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def handle(self, handler):
+        length = int(handler.headers.get("Content-Length", 0))
+        raw = handler.rfile.read(length)
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        mode = self.mode
+        if mode == "hang":
+            time.sleep(self.hang_s)
+            self.reply(handler, 503, {"code": 14, "message": "was hanging"})
+            return
+        if mode in ("429", "503"):
+            extra = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+            with self.lock:
+                self.requests.append((headers, raw, None, int(mode)))
+            self.reply(handler, int(mode), {"code": 8 if mode == "429" else 14, "message": "try later"}, extra)
+            return
+        if mode == "400":
+            with self.lock:
+                self.requests.append((headers, raw, None, 400))
+            self.reply(handler, 400, {"code": 3, "message": "unmarshal: bad metric data"})
+            return
+        if mode == "413" or (self.max_body is not None and length > self.max_body):
+            with self.lock:
+                self.requests.append((headers, raw, None, 413))
+            self.reply(handler, 413, {"code": 8, "message": "request body too large"})
+            return
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            self.reply(handler, 415, {"code": 3, "message": "unsupported content type"})
+            return
+        body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
+        try:
+            document = json.loads(body)
+            with self.lock:
+                points = decode_request(document, len(self.requests))
+                self.requests.append((headers, raw, document, 200))
+                self.points.extend(points)
+        except (ValueError, KeyError) as exc:
+            self.reply(handler, 400, {"code": 3, "message": f"bad request: {exc}"})
+            return
+        if self.on_point:
+            for p in points:
+                self.on_point(p)
+        if mode == "partial":
+            self.reply(handler, 200, {"partialSuccess": {"rejectedDataPoints": "3",
+                                                         "errorMessage": "3 points had unknown units"}})
+        else:
+            self.reply(handler, 200, {"partialSuccess": {}})
+
+    def series(self, name):
+        with self.lock:
+            return [p for p in self.points if p.metric == name]
+
+    def wait_for(self, predicate, timeout=30.0):
+        """Poll until predicate() is true; a bounded loop, never forever."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return predicate()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=4318)
+    args = parser.parse_args()
+    receiver = Receiver(args.port)
+    receiver.on_point = lambda p: print(f"{p.metric:<32} {p.value!s:>22} {p.unit:<10} "
+                                        f"{p.resource.get('host.name', '')} {p.attributes or ''}", flush=True)
+    print(f"listening on {receiver.url}/v1/metrics (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
