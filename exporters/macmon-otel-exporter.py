@@ -65,8 +65,8 @@ SOURCE_METRICS = [
     ("mac.temp.cpu", "Cel", GAUGE, "Average CPU temperature (macmon temp.cpu_temp_avg)"),
     ("mac.temp.gpu", "Cel", GAUGE, "Average GPU temperature (macmon temp.gpu_temp_avg)"),
     ("mac.gpu.usage", "1", GAUGE, "GPU busy ratio 0-1 (gpu_scaled_ratio, gpu_usage_ratio or gpu_usage[1])"),
-    ("mac.cpu.ecpu_usage", "1", GAUGE, "E-cluster busy ratio 0-1 (ecpu_scaled_ratio, ecpu_usage_ratio or ecpu_usage[1])"),
-    ("mac.cpu.pcpu_usage", "1", GAUGE, "P-cluster busy ratio 0-1 (pcpu_scaled_ratio, pcpu_usage_ratio or pcpu_usage[1])"),
+    ("mac.cpu.ecpu_usage", "1", GAUGE, "E-cluster busy ratio 0-1 (ecpu_scaled_ratio, _usage_ratio or ecpu_usage[1])"),
+    ("mac.cpu.pcpu_usage", "1", GAUGE, "P-cluster busy ratio 0-1 (pcpu_scaled_ratio, _usage_ratio or pcpu_usage[1])"),
     ("mac.memory.ram_used", "By", GAUGE, "RAM in use (macmon memory.ram_usage)"),
     ("mac.memory.ram_total", "By", GAUGE, "Installed RAM (macmon memory.ram_total)"),
     ("mac.memory.swap_used", "By", GAUGE, "Swap in use (macmon memory.swap_usage)"),
@@ -186,7 +186,7 @@ def metrics_url(args):
         raise ConfigError(f"endpoint {url!r} is not an http:// or https:// URL; "
                           f"use e.g. --endpoint http://127.0.0.1:4318")
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         raise ConfigError(f"endpoint {url!r} has a bad port number")
     return url
@@ -1001,7 +1001,8 @@ class SourceProcess:
                 try:
                     self.proc.wait(2)
                 except subprocess.TimeoutExpired:
-                    LOG.error("%s (pid %d) did not die after SIGKILL (stuck in the kernel?)", SOURCE_NAME, self.proc.pid)
+                    LOG.error("%s (pid %d) did not die after SIGKILL (stuck in the kernel?)",
+                              SOURCE_NAME, self.proc.pid)
         return self.proc.returncode
 
     def exit_description(self):
@@ -1020,8 +1021,10 @@ class SourceProcess:
 class Supervisor:
     """Keeps one source child alive: restart with capped backoff, kill when silent, stop on exit 2."""
 
-    def __init__(self, source, interval, stats, stopping):
+    def __init__(self, source, interval, stats, stopping, max_starts=None):
         self.source = source
+        self.max_starts = max_starts  # --once and --check give up instead of retrying forever
+        self.starts = 0
         self.interval = interval
         self.stats = stats
         self.stopping = stopping
@@ -1032,6 +1035,9 @@ class Supervisor:
     def lines(self):
         """Yields (read time ns, line) for every stdout line, across restarts, until stopping."""
         while not self.stopping.is_set():
+            if self.max_starts is not None and self.starts >= self.max_starts:
+                return
+            self.starts += 1
             self.start()
             if self.child is None:
                 continue
@@ -1210,7 +1216,7 @@ def run_once(args, source):
     """One sample, one send: exit 0 only if the collector accepted it."""
     exporter = Exporter(args, source)
     exporter.stopping = threading.Event()
-    supervisor = Supervisor(source, args.interval, exporter.stats, exporter.stopping)
+    supervisor = Supervisor(source, args.interval, exporter.stats, exporter.stopping, max_starts=3)
     sample = None
     try:
         for read_ns, line in supervisor.lines():
@@ -1314,7 +1320,7 @@ def run_check(args, source):
     sample = None
     if sample_ok:
         stopping = threading.Event()
-        supervisor = Supervisor(source, min(args.interval, 1.0), exporter.stats, stopping)
+        supervisor = Supervisor(source, min(args.interval, 1.0), exporter.stats, stopping, max_starts=2)
         try:
             for read_ns, line in supervisor.lines():
                 sample = exporter.sample_from(read_ns, line)

@@ -1,0 +1,47 @@
+# tokens-per-watt: watts next to tokens.
+# `make help` lists the targets. Everything that installs goes into .venv; the exporters need nothing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt 2>/dev/null | cksum | cut -d' ' -f1)
+EXPORTERS := exporters/macmon-otel-exporter.py exporters/nvsmi-otel-exporter.py
+SHELL_SCRIPTS := $(wildcard deploy/*.sh) .ci/run
+HOST ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: ## run the macmon exporter end to end on a built-in stand-in (no install, no network)
+	@$(PYTHON) tests/tools/demo.py
+
+$(STAMP): requirements-dev.txt
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	@$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv with the pinned dev tools
+
+.PHONY: lint
+lint: $(STAMP) ## ruff, vermin (Python 3.9 floor) and shellcheck
+	$(VENV)/bin/ruff check exporters tests
+	$(VENV)/bin/vermin --target=3.9- --violations --no-tips --eval-annotations $(EXPORTERS)
+	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
+
+.PHONY: test
+test: lint ## install the dev tools into .venv and run every check
+	$(VPY) -m pytest -q
+
+.PHONY: bench
+bench: $(STAMP) ## measure the exporters against the OpenTelemetry Python SDK
+	$(VPY) tests/tools/bench.py
+
+.PHONY: sync
+sync: ## copy the shared core from the macmon exporter into the nvidia one
+	$(PYTHON) tests/tools/sync_shared.py

@@ -1,0 +1,111 @@
+"""Shared test helpers: load an exporter file as a module, run it as a process, a loopback receiver."""
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tests", "tools")
+sys.path.insert(0, TOOLS)
+
+from otlp_receiver import Receiver  # noqa: E402
+
+MACMON_EXPORTER = os.path.join(ROOT, "exporters", "macmon-otel-exporter.py")
+NVSMI_EXPORTER = os.path.join(ROOT, "exporters", "nvsmi-otel-exporter.py")
+FAKE_MACMON = os.path.join(TOOLS, "fake-macmon")
+FAKE_NVSMI = os.path.join(TOOLS, "fake-nvidia-smi")
+MACMON_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "macmon")
+CAPTURES = os.path.normpath(os.path.join(ROOT, "..", "shared", "captures", "nvidia-smi"))
+
+
+def load_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def macmon_mod():
+    return load_module(MACMON_EXPORTER, "macmon_exporter")
+
+
+@pytest.fixture(scope="session")
+def nvsmi_mod():
+    return load_module(NVSMI_EXPORTER, "nvsmi_exporter")
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def python39():
+    """The oldest supported interpreter when this machine has it (macOS ships 3.9.6)."""
+    found = shutil.which("python3.9")
+    if found and subprocess.run([found, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
+                                capture_output=True).returncode == 0:
+        return found
+    return None
+
+
+class ExporterProcess:
+    """An exporter running as a child process, with its stderr collected."""
+
+    def __init__(self, argv, env):
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stdout = self.stderr = None
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.stdout, self.stderr = self.proc.communicate()
+            raise
+        return self.proc.returncode
+
+    def wait(self, timeout=30):
+        self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode
+
+
+def start_macmon_exporter(endpoint, *extra, env=None, fake_env=None, python=None):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
+    environment.update({"FAKE_MACMON_SPEED": "10"})
+    environment.update(fake_env or {})
+    environment.update(env or {})
+    argv = [python or sys.executable, MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--interval", "1",
+            "--endpoint", endpoint, *extra]
+    return ExporterProcess(argv, environment)
+
+
+def run_cli(path, *args, env=None, timeout=30, python=None, cwd=None):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
+    environment.update(env or {})
+    return subprocess.run([python or sys.executable, path, *args], env=environment, capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+def no_children_named(name):
+    """True when no process with this name in its command line is left running."""
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    return not [line for line in out.splitlines() if name in line and " Z" not in line and "ps -eo" not in line]
+
+
+def wait_until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

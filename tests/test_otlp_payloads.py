@@ -1,0 +1,105 @@
+"""Every payload the exporters send parses strictly with the official OTLP protobuf definitions,
+and follows the OTLP/JSON rules that a lenient parser would let slip (64-bit integers as strings,
+no NaN, camelCase keys, integer enums)."""
+import gzip
+import json
+
+from conftest import start_macmon_exporter
+from google.protobuf import json_format
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+INT64_KEYS = {"timeUnixNano", "startTimeUnixNano", "asInt", "intValue"}
+
+
+def reject_constant(name):
+    raise AssertionError(f"payload holds a bare {name}")
+
+
+def check_payload(raw_text):
+    message = ExportMetricsServiceRequest()
+    json_format.Parse(raw_text, message, ignore_unknown_fields=False)
+    document = json.loads(raw_text, parse_constant=reject_constant)
+    problems = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if "_" in key:
+                    problems.append(f"{path}.{key}: snake_case key")
+                if key in INT64_KEYS and not isinstance(value, str):
+                    problems.append(f"{path}.{key}: 64-bit integer not a string")
+                if key == "aggregationTemporality" and value != 2:
+                    problems.append(f"{path}: temporality {value!r}")
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+        elif node is None:
+            problems.append(f"{path}: null")
+
+    walk(document, "$")
+    assert not problems, problems[:5]
+    for rm in message.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                points = metric.gauge.data_points or metric.sum.data_points
+                assert points, f"{metric.name} has no data points"
+                for dp in points:
+                    assert dp.WhichOneof("value") is not None, metric.name
+                    assert dp.time_unix_nano > 0
+                if metric.HasField("sum"):
+                    assert metric.sum.is_monotonic
+                    assert all(dp.start_time_unix_nano for dp in metric.sum.data_points)
+    return message
+
+
+def test_real_exporter_payloads_parse_strictly(receiver):
+    exporter = start_macmon_exporter(receiver.url, "--compression", "gzip", "--environment", "lab",
+                                     fake_env={"FAKE_MACMON_VERSION": "0.6.1"})
+    try:
+        assert receiver.wait_for(lambda: len(receiver.series("mac.power.total")) >= 3, 20)
+    finally:
+        assert exporter.stop() == 0
+    assert receiver.requests
+    for headers, raw, _doc, status in receiver.requests:
+        assert status == 200
+        assert headers["content-type"] == "application/json"
+        assert headers["content-encoding"] == "gzip"
+        message = check_payload(gzip.decompress(raw).decode())
+        resource = {kv.key: kv.value.string_value for kv in message.resource_metrics[0].resource.attributes}
+        assert resource["service.name"] == "macmon-otel-exporter"
+        assert resource["deployment.environment.name"] == "lab"
+        assert resource["deployment.environment"] == "lab"
+        assert resource["cluster"] == "mac-exo"
+        assert resource["os.type"] and resource["host.arch"] and resource["service.instance.id"]
+
+
+def test_batch_of_many_samples_groups_by_metric(macmon_mod):
+    table = macmon_mod.MetricTable(macmon_mod.SOURCE_METRICS + macmon_mod.SELF_METRICS)
+    samples = []
+    for i in range(5):
+        t = 1_700_000_000_000_000_000 + i * 1_000_000_000
+        samples.append(macmon_mod.Sample(t, [
+            ("mac.power.total", macmon_mod.encode_point(t, 1.5 + i)),
+            ("mac.memory.ram_used", macmon_mod.encode_point(t, 2**40 + i)),
+            ("mac.energy.total", macmon_mod.encode_point(t, 0.0, (), t - 10)),
+            ("exporter.datapoints.dropped", macmon_mod.encode_point(t, 0, (("reason", "buffer_full"),), t - 10)),
+        ]))
+    resource = macmon_mod.encode_attributes([("service.name", "x"), ("n", 3), ("f", 1.5), ("b", True)])
+    message = check_payload(macmon_mod.build_request(table, resource, samples))
+    metrics = message.resource_metrics[0].scope_metrics[0].metrics
+    assert [m.name for m in metrics] == ["mac.power.total", "mac.memory.ram_used", "mac.energy.total",
+                                         "exporter.datapoints.dropped"]
+    assert len(metrics[0].gauge.data_points) == 5
+    assert metrics[1].gauge.data_points[4].as_int == 2**40 + 4
+    assert metrics[2].sum.data_points[0].as_double == 0.0  # a real zero is still present
+    assert metrics[2].sum.aggregation_temporality == 2
+
+
+def test_unicode_and_quotes_in_attributes_survive(macmon_mod):
+    table = macmon_mod.MetricTable(macmon_mod.SOURCE_METRICS)
+    t = 1_700_000_000_000_000_000
+    sample = macmon_mod.Sample(t, [("mac.power.total", macmon_mod.encode_point(t, 1.0, (("host", 'Büro "Mac"\n'),)))])
+    message = check_payload(macmon_mod.build_request(table, macmon_mod.encode_attributes([("k", "ü")]), [sample]))
+    dp = message.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0]
+    assert dp.attributes[0].value.string_value == 'Büro "Mac"\n'
