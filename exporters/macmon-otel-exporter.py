@@ -784,6 +784,14 @@ class OtlpHttpClient:
         if self.gzip:
             data = gzip.compress(data, compresslevel=6)
         timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
+        reused = self.conn is not None
+        outcome = self.attempt(data, timeout)
+        if reused and outcome.status in ("connection_reset", "broken_pipe"):
+            # The collector closed an idle kept-alive connection; that is not an outage.
+            outcome = self.attempt(data, timeout)
+        return outcome
+
+    def attempt(self, data, timeout):
         try:
             if self.conn is None:
                 if self.https:
@@ -814,7 +822,9 @@ class OtlpHttpClient:
 def network_error_type(exc):
     if isinstance(exc, ConnectionRefusedError):
         return "connection_refused"
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)):
+    if isinstance(exc, BrokenPipeError):
+        return "broken_pipe"
+    if isinstance(exc, (ConnectionResetError, http.client.RemoteDisconnected)):
         return "connection_reset"
     if isinstance(exc, socket.gaierror):
         return "dns"
@@ -1014,7 +1024,10 @@ class SourceProcess:
                 return f"killed by {signal.Signals(-code).name}"
             except ValueError:
                 return f"killed by signal {-code}"
-        message = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
+        lines = [line.strip() for line in self.stderr_tail if line.strip()]
+        # clap ends with usage hints; the line that says what went wrong starts with error:/Error:
+        errors = [line for line in lines if line.lower().startswith(("error", "failed", "unable"))]
+        message = (errors or lines or [""])[-1]
         return f"exit {code}" + (f": {message.strip()}" if message else "")
 
 

@@ -79,6 +79,7 @@ class Receiver:
         self.max_body = None    # answer 413 above this many bytes
         self.on_point = None
         self.server = None
+        self.connections = set()
         self.start()
 
     @property
@@ -93,6 +94,11 @@ class Receiver:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with receiver.lock:
+                    receiver.connections.add(self.connection)
 
             def do_POST(self):
                 receiver.handle(self)
@@ -109,9 +115,24 @@ class Receiver:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        with self.lock:
+            # A collector that goes away takes its kept-alive connections with it.
+            for connection in self.connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.connections.clear()
 
     def reply(self, handler, status, body, headers=None):
         data = json.dumps(body).encode()
+        try:
+            self.send(handler, status, data, headers)
+        except OSError:
+            pass  # the exporter gave up waiting (timeout): nothing to answer
+
+    @staticmethod
+    def send(handler, status, data, headers):
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))

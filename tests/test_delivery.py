@@ -1,0 +1,326 @@
+"""Delivery guarantees: no sample lost to collector outages, throttling, crashes or bad input.
+
+The exporter runs as a real process against the stand-in macmon (timestamps on a 1 s grid, lines
+at 10-50x speed) and the loopback receiver, which the tests switch between failure modes."""
+import json
+import os
+import re
+import time
+
+import pytest
+from conftest import start_macmon_exporter, wait_until
+from otlp_receiver import Receiver
+
+SUMMARY = re.compile(r"samples read (\d+), delivered (\d+), dropped (\d+)")
+
+
+def summary(stderr):
+    found = SUMMARY.search(stderr)
+    assert found, stderr[-2000:]
+    return tuple(int(x) for x in found.groups())
+
+
+def sample_times(receiver):
+    return [p.time_ns for p in receiver.series("mac.power.total")]
+
+
+def assert_exactly_once_in_order(times):
+    assert times == sorted(times), "samples arrived out of order"
+    assert len(times) == len(set(times)), "a sample arrived twice"
+    steps = {b - a for a, b in zip(times, times[1:])}
+    assert steps == {1_000_000_000}, f"gaps in the series: {sorted(steps)[:5]}"
+
+
+def test_outage_then_recovery_delivers_every_sample_once_in_order(receiver):
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "50"})
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 5, 20)
+    receiver.stop()
+    time.sleep(4.5)  # about 200 samples at 50x
+    receiver.start()
+    time.sleep(0.5)
+    before_stop = len(sample_times(receiver))
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) > before_stop + 150, 40)
+    assert exporter.stop() == 0
+    read, delivered, dropped = summary(exporter.stderr)
+    times = sample_times(receiver)
+    assert_exactly_once_in_order(times)
+    assert len(times) == read == delivered and dropped == 0
+    assert read >= 200
+    log = exporter.stderr
+    assert log.count("cannot deliver to") == 1                      # one line when it starts
+    assert re.search(r"collector is back after \d+s: delivered (\d+) samples late, dropped 0", log)
+    # the delivered data itself reports the outage: send errors by type
+    errors = {p.attributes["error.type"] for p in receiver.series("exporter.send.errors")}
+    assert errors & {"connection_refused", "connection_reset"}
+
+
+def test_buffer_overflow_drops_oldest_and_counts_exactly(receiver):
+    exporter = start_macmon_exporter(receiver.url, "--buffer-max", "40", fake_env={"FAKE_MACMON_SPEED": "50"})
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 3, 20)
+    receiver.stop()
+    time.sleep(3)  # ~150 samples into a 40-sample buffer
+    receiver.start()
+    assert receiver.wait_for(lambda: receiver.series("exporter.datapoints.dropped") and max(
+        p.value for p in receiver.series("exporter.datapoints.dropped")
+        if p.attributes["reason"] == "buffer_full") > 0, 40)
+    time.sleep(1)
+    assert exporter.stop() == 0
+    read, delivered, dropped = summary(exporter.stderr)
+    times = sample_times(receiver)
+    assert len(times) == delivered and read == delivered + dropped
+    assert dropped >= 50
+    assert times == sorted(times) and len(times) == len(set(times))
+    # what is missing is exactly the dropped samples: the gap in the 1 s grid
+    missing = (times[-1] - times[0]) // 1_000_000_000 + 1 - len(times)
+    assert missing == dropped
+    assert exporter.stderr.count("buffer full (40 samples)") == 1   # once per outage, not per sample
+    assert re.search(rf"dropped {dropped} while the buffer was full", exporter.stderr)
+
+
+def test_retry_after_is_honoured(receiver):
+    receiver.mode, receiver.retry_after = "429", 3
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "5"})
+    assert receiver.wait_for(lambda: len(receiver.requests) >= 2, 20)
+    receiver.mode = "accept"
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 5, 20)
+    assert exporter.stop() == 0
+    stamps = []
+    # the receiver does not time requests; the exporter's backoff would retry after ~1 s, Retry-After says 3
+    assert "cannot deliver" in exporter.stderr and "HTTP 429" in exporter.stderr
+    read, delivered, dropped = summary(exporter.stderr)
+    assert read == delivered and dropped == 0
+    assert_exactly_once_in_order(sample_times(receiver))
+    del stamps
+
+
+def test_retry_after_wait_is_measured(macmon_mod):
+    """The sender waits what Retry-After says (seconds or HTTP date), not its own backoff."""
+    sender = macmon_mod.Sender.__new__(macmon_mod.Sender)
+    import threading
+    sender.stopping = threading.Event()
+    sender.backoff = 1.0
+    sender.deadline = None
+    started = time.monotonic()
+    sender.wait_before_retry(macmon_mod.Outcome("retry", retry_after=1.5))
+    assert 1.4 <= time.monotonic() - started < 2.5
+    assert macmon_mod.parse_retry_after("120") == 120.0
+    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))
+    assert 55 <= macmon_mod.parse_retry_after(future) <= 61
+    assert macmon_mod.parse_retry_after("soon") is None
+
+
+def test_400_is_not_retried_and_the_message_is_logged(receiver):
+    receiver.mode = "400"
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "10"})
+    assert receiver.wait_for(lambda: len(receiver.requests) >= 8, 20)
+    assert exporter.stop() == 0
+    bodies = [json.loads(raw) for _h, raw, _d, status in receiver.requests if status == 400]
+    sent_times = [dp["timeUnixNano"] for b in bodies for m in b["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+                  if m["name"] == "mac.power.total" for dp in m["gauge"]["dataPoints"]]
+    assert len(sent_times) == len(set(sent_times)), "a rejected batch was sent again"
+    assert "HTTP 400: unmarshal: bad metric data" in exporter.stderr
+    read, delivered, dropped = summary(exporter.stderr)
+    assert delivered == 0 and read == dropped
+
+
+def test_413_splits_the_batch(receiver):
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "40"})
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 2, 20)
+    one_sample = max(len(raw) for _h, raw, _d, status in receiver.requests if status == 200)
+    receiver.stop()
+    time.sleep(2)  # a backlog of ~80 samples
+    receiver.max_body = one_sample * 3
+    receiver.start()
+    time.sleep(1)
+    before = len(sample_times(receiver))
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) > before + 20, 40)
+    assert exporter.stop() == 0
+    statuses = [status for _h, _r, _d, status in receiver.requests]
+    assert 413 in statuses
+    read, delivered, dropped = summary(exporter.stderr)
+    assert read == delivered and dropped == 0
+    assert_exactly_once_in_order(sample_times(receiver))
+
+
+def test_partial_success_is_logged_and_not_retried(receiver):
+    receiver.mode = "partial"
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "10"})
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 4, 20)
+    assert exporter.stop() == 0
+    assert_exactly_once_in_order(sample_times(receiver))
+    assert "rejected 3 data points: 3 points had unknown units" in exporter.stderr
+    rejected = [p.value for p in receiver.series("exporter.datapoints.dropped") if p.attributes["reason"] == "rejected"]
+    assert max(rejected) >= 3
+
+
+def test_hanging_collector_delays_no_reading(receiver):
+    receiver.mode, receiver.hang_s = "hang", 4
+    exporter = start_macmon_exporter(receiver.url, "--timeout", "1000", fake_env={"FAKE_MACMON_SPEED": "20"})
+    time.sleep(3)
+    receiver.mode = "accept"
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 60, 40)
+    assert exporter.stop() == 0
+    read, delivered, dropped = summary(exporter.stderr)
+    assert read == delivered and dropped == 0
+    assert_exactly_once_in_order(sample_times(receiver))
+    assert "timeout" in exporter.stderr
+
+
+@pytest.mark.parametrize("fault,expect", [
+    ("exit1:3", 'exit 1: Error: "Failed to get memory stats"'),
+    ("abort:3", "killed by SIGABRT"),
+    ("hang:3", "printed nothing for 3.0s"),
+])
+def test_source_failures_are_restarted_and_counted(receiver, tmp_path, fault, expect):
+    exporter = start_macmon_exporter(receiver.url, fake_env={
+        "FAKE_MACMON_SPEED": "10" if not fault.startswith("hang") else "1", "FAKE_MACMON_FAIL": fault,
+        "FAKE_MACMON_FAIL_RUNS": "1", "FAKE_MACMON_LOG": str(tmp_path / "calls")})
+    assert receiver.wait_for(lambda: any(p.value >= 1 for p in receiver.series("exporter.source.restarts")), 40)
+    assert exporter.stop() == 0
+    assert expect in exporter.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 2  # the first run failed, one restart, still running
+    read, delivered, dropped = summary(exporter.stderr)
+    assert read == delivered and dropped == 0
+
+
+def test_garbage_lines_are_skipped_and_counted(receiver):
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "20",
+                                                             "FAKE_MACMON_FAIL": "garbage:4"})
+    assert receiver.wait_for(lambda: any(p.value >= 4 for p in receiver.series("exporter.source.lines_skipped")), 30)
+    assert exporter.stop() == 0
+    assert "restart" not in exporter.stderr.split("stopped:")[0].lower().replace("source restarts", "")
+    skipped = int(re.search(r"lines skipped (\d+)", exporter.stderr).group(1))
+    read, delivered, _ = summary(exporter.stderr)
+    assert skipped >= 4 and read == delivered
+    # every fourth line is broken: three good samples per four lines
+    assert abs(read - 3 * skipped) <= 3
+
+
+def test_usage_error_exits_with_its_own_code(receiver):
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_VERSION": "0.4.1",
+                                                             "FAKE_MACMON_VERSION_TEXT": "macmon (vendored)"})
+    assert exporter.wait(30) == 4
+    assert "rejected its arguments" in exporter.stderr and "configuration error" in exporter.stderr
+    assert "unrecognized subcommand 'pipe'" in exporter.stderr
+
+
+def test_sigterm_leaves_no_child_writes_spool_and_restart_delivers_it(receiver, tmp_path):
+    spool = tmp_path / "spool"
+    exporter = start_macmon_exporter(receiver.url, "--spool-dir", str(spool), fake_env={"FAKE_MACMON_SPEED": "20"})
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 3, 20)
+    receiver.stop()
+    time.sleep(2)
+    started = time.monotonic()
+    assert exporter.stop() == 0
+    assert time.monotonic() - started < 9  # last flush tried for at most 5 s
+    pid = int(re.search(r"started macmon \(pid (\d+)\)", exporter.stderr).group(1))
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    spool_file = spool / "macmon-otel-exporter.spool.json"
+    assert spool_file.exists() and oct(spool_file.stat().st_mode)[-3:] == "600"
+    spooled = json.loads(spool_file.read_text())["samples"]
+    assert len(spooled) >= 20
+    spooled_times = [t for t, _points in spooled]
+    delivered_before = set(sample_times(receiver))
+    receiver.start()
+    again = start_macmon_exporter(receiver.url, "--spool-dir", str(spool), fake_env={"FAKE_MACMON_SPEED": "20"})
+    assert receiver.wait_for(lambda: set(spooled_times) <= set(sample_times(receiver)), 20)
+    assert again.stop() == 0
+    assert "unsent samples from the last run will be sent first" in again.stderr
+    assert not delivered_before & set(spooled_times)  # nothing delivered twice
+    assert not spool_file.exists()  # all sent: the spool is gone
+
+
+def test_corrupt_spool_is_moved_aside(receiver, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "macmon-otel-exporter.spool.json").write_text('{"format":1,"samples":[[1,')
+    exporter = start_macmon_exporter(receiver.url, "--spool-dir", str(spool))
+    assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 2, 20)
+    assert exporter.stop() == 0
+    assert "is unreadable" in exporter.stderr and "moved aside" in exporter.stderr
+    assert [p.name for p in spool.iterdir() if ".corrupt-" in p.name]
+
+
+def test_spool_never_exceeds_its_bound(macmon_mod, tmp_path):
+    stats = macmon_mod.Stats(0)
+    spool = macmon_mod.Spool(str(tmp_path), 4000, stats)
+    samples = [macmon_mod.Sample(i, [("mac.power.total", macmon_mod.encode_point(i, 1.0 * i))]) for i in range(200)]
+    kept = spool.save(samples)
+    assert os.path.getsize(spool.path) <= 4000
+    assert 0 < kept < 200 and stats.samples_dropped["spool_full"] == 200 - kept
+    assert [s.time_ns for s in spool.load()] == list(range(200 - kept, 200))  # the newest are kept
+
+
+def test_outage_logs_stay_readable(macmon_mod):
+    """A reminder at most once a minute, whatever the number of failed attempts."""
+    import logging
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    macmon_mod.LOG.addHandler(handler)
+    try:
+        stats = macmon_mod.Stats(0)
+        buffer = macmon_mod.SampleBuffer(10, stats)
+        sender = macmon_mod.Sender(None, buffer, stats, None, "[]", 10)
+        sender.client = type("C", (), {"url": "http://x"})()
+        for _ in range(500):
+            sender.note_outage(macmon_mod.Outcome("retry", "HTTP 503"))
+        assert len(records) == 1
+        sender.last_reminder -= 61
+        sender.note_outage(macmon_mod.Outcome("retry", "HTTP 503"))
+        assert len(records) == 2 and "still unavailable" in records[1].getMessage()
+    finally:
+        macmon_mod.LOG.removeHandler(handler)
+
+
+@pytest.mark.slow
+def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
+    """Tens of thousands of samples with faults switched at random: read = delivered + dropped,
+    and resident memory stays flat."""
+    import random
+    import threading
+    receiver = Receiver()
+    rng = random.Random(7)
+    exporter = start_macmon_exporter(receiver.url, "--interval", "0.1", "--buffer-max", "3000", "--timeout", "500",
+                                     fake_env={"FAKE_MACMON_SPEED": "100", "FAKE_MACMON_FAIL": "garbage:50"})
+    rss = []
+    stop = threading.Event()
+
+    def faults():
+        while not stop.is_set():
+            receiver.mode = rng.choice(["accept"] * 6 + ["503", "429", "hang", "partial"])
+            receiver.retry_after = rng.choice([None, 0, 1])
+            receiver.hang_s = 0.7
+            stop.wait(rng.uniform(0.1, 0.6))
+
+    def memory():
+        while not stop.is_set():
+            try:
+                with open(f"/proc/{exporter.proc.pid}/status") as fh:
+                    rss.append(int(re.search(r"VmRSS:\s+(\d+)", fh.read()).group(1)))
+            except (OSError, AttributeError):
+                pass
+            stop.wait(0.5)
+
+    threads = [threading.Thread(target=faults), threading.Thread(target=memory)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(receiver.series("mac.power.total")) < 20000:
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    receiver.mode = "accept"
+    assert exporter.stop(timeout=30) == 0
+    receiver.stop()
+    read, delivered, dropped = summary(exporter.stderr)
+    times = sample_times(receiver)
+    print(f"\nsoak: read {read}, delivered {delivered}, dropped {dropped}; "
+          f"RSS KiB first/median/last {rss[0]}/{sorted(rss)[len(rss) // 2]}/{rss[-1]} over {len(rss)} readings")
+    assert read >= 10000
+    assert read == delivered + dropped
+    assert len(times) == delivered and len(set(times)) == len(times)
+    quarter = max(1, len(rss) // 4)
+    assert max(rss[-quarter:]) <= max(rss[:quarter]) * 1.25 + 4096, rss
