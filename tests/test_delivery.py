@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from conftest import start_macmon_exporter, wait_until
+from conftest import start_macmon_exporter
 from otlp_receiver import Receiver
 
 SUMMARY = re.compile(r"samples read (\d+), delivered (\d+), dropped (\d+)")
@@ -80,17 +80,17 @@ def test_buffer_overflow_drops_oldest_and_counts_exactly(receiver):
 def test_retry_after_is_honoured(receiver):
     receiver.mode, receiver.retry_after = "429", 3
     exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "5"})
-    assert receiver.wait_for(lambda: len(receiver.requests) >= 2, 20)
+    assert receiver.wait_for(lambda: len(receiver.arrivals) >= 3, 20)
     receiver.mode = "accept"
     assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 5, 20)
     assert exporter.stop() == 0
-    stamps = []
-    # the receiver does not time requests; the exporter's backoff would retry after ~1 s, Retry-After says 3
-    assert "cannot deliver" in exporter.stderr and "HTTP 429" in exporter.stderr
+    # the exporter's own backoff would retry after about 1 s and 2 s; Retry-After says 3 s
+    gaps = [b - a for a, b in zip(receiver.arrivals[:3], receiver.arrivals[1:3])]
+    assert all(2.8 <= gap <= 4.5 for gap in gaps), gaps
+    assert "HTTP 429" in exporter.stderr
     read, delivered, dropped = summary(exporter.stderr)
     assert read == delivered and dropped == 0
     assert_exactly_once_in_order(sample_times(receiver))
-    del stamps
 
 
 def test_retry_after_wait_is_measured(macmon_mod):

@@ -115,7 +115,7 @@ def test_energy_integrates_power_over_real_windows(macmon_mod):
     line = json.loads(first_line("v0.8.2.jsonl"))
     line["all_power"] = 10.0
     readings = []
-    for i, stamp in enumerate(["2026-08-05T07:41:10+00:00", "2026-08-05T07:41:11.100000+00:00",
+    for _i, stamp in enumerate(["2026-08-05T07:41:10+00:00", "2026-08-05T07:41:11.100000+00:00",
                                "2026-08-05T07:41:12+00:00", "2026-08-05T07:41:30+00:00"]):
         line["timestamp"] = stamp
         _, values, points = parse(macmon_mod, json.dumps(line), source=source)

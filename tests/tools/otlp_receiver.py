@@ -73,6 +73,7 @@ class Receiver:
         self.lock = threading.Lock()
         self.points = []
         self.requests = []      # (headers dict, raw body bytes, decoded document or None, status)
+        self.arrivals = []      # monotonic time of every request, answered or not
         self.mode = "accept"    # accept | hang | 429 | 503 | 400 | 413 | partial
         self.retry_after = None
         self.hang_s = 5.0
@@ -145,6 +146,7 @@ class Receiver:
         length = int(handler.headers.get("Content-Length", 0))
         raw = handler.rfile.read(length)
         headers = {k.lower(): v for k, v in handler.headers.items()}
+        self.arrivals.append(time.monotonic())
         mode = self.mode
         if mode == "hang":
             time.sleep(self.hang_s)
