@@ -311,9 +311,6 @@ def finish_config(args):
             args.http_headers.update(parse_key_values(text, what))
     if args.certificate and not os.path.isfile(args.certificate):
         raise ConfigError(f"--certificate {args.certificate}: no such file")
-    if args.buffer_max is None:
-        args.buffer_max = max(1, int(3600 / args.interval))
-    args.batch_max = min(args.batch_max, max(1, args.buffer_max))
     level = (args.log_level or "info").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level {args.log_level!r}: use debug, info, warning or error")
@@ -1146,6 +1143,9 @@ class Exporter:
     """Wires the pieces: supervisor -> source parser -> samples -> buffer -> sender."""
 
     def __init__(self, args, source):
+        if args.buffer_max is None:  # one hour of samples
+            args.buffer_max = max(1, int(3600 / args.interval)) * source.rows_per_interval()
+        args.batch_max = min(args.batch_max, args.buffer_max)
         self.args = args
         self.source = source
         self.table = MetricTable(SOURCE_METRICS + source.extra_metrics() + SELF_METRICS)
@@ -1175,7 +1175,8 @@ class Exporter:
         time_ns, points = parsed
         with self.stats.lock:
             self.stats.samples_read += 1
-        points = points + self.stats.points(time_ns, len(self.buffer))
+        if self.source.starts_round():  # the exporter's own series once per interval, not per GPU
+            points = points + self.stats.points(time_ns, len(self.buffer))
         return Sample(time_ns, points)
 
     def run(self):
@@ -1568,6 +1569,14 @@ class Source:
     @staticmethod
     def extra_metrics():
         return []
+
+    @staticmethod
+    def rows_per_interval():
+        return 1
+
+    @staticmethod
+    def starts_round():
+        return True
 
     def locate(self):
         self.path, self.found_by = find_macmon(self.args.macmon)
