@@ -975,6 +975,9 @@ def format_duration(seconds):
 
 # ---------------------------------------------------------------- the source process
 
+ERROR_LINE = re.compile(r"^(error|failed|unable|field )|has failed|couldn't|not a valid field", re.IGNORECASE)
+
+
 class SourceProcess:
     """One long-lived child (macmon / nvidia-smi) whose stdout lines arrive through a queue."""
 
@@ -984,6 +987,7 @@ class SourceProcess:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True)
         self.stderr_tail = deque(maxlen=20)
+        self.stdout_tail = deque(maxlen=5)
         threading.Thread(target=self.pump, args=(self.proc.stdout, True), daemon=True).start()
         threading.Thread(target=self.pump, args=(self.proc.stderr, False), daemon=True).start()
 
@@ -992,6 +996,7 @@ class SourceProcess:
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             if is_stdout:
                 self.lines.put((time.time_ns(), text))
+                self.stdout_tail.append(text)
             else:
                 self.stderr_tail.append(text)
         if is_stdout:
@@ -1027,10 +1032,12 @@ class SourceProcess:
                 return f"killed by {signal.Signals(-code).name}"
             except ValueError:
                 return f"killed by signal {-code}"
-        lines = [line.strip() for line in self.stderr_tail if line.strip()]
-        # clap ends with usage hints; the line that says what went wrong starts with error:/Error:
-        errors = [line for line in lines if line.lower().startswith(("error", "failed", "unable"))]
-        message = (errors or lines or [""])[-1]
+        # clap ends with usage hints, nvidia-smi writes its errors to stdout: pick the line that
+        # says what went wrong, from stderr first.
+        stderr = [line.strip() for line in self.stderr_tail if line.strip()]
+        stdout = [line.strip() for line in self.stdout_tail if line.strip()]
+        errors = [line for line in stderr + stdout if ERROR_LINE.search(line)]
+        message = (errors or stderr or [""])[-1]
         return f"exit {code}" + (f": {message.strip()}" if message else "")
 
 

@@ -1,0 +1,240 @@
+"""The NVIDIA exporter as a process: against the stand-in nvidia-smi, the loopback receiver, rotel,
+the official protobuf definitions, and the real captures in shared/captures when they are there."""
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import CAPTURES, FAKE_NVSMI, NVSMI_EXPORTER, ExporterProcess, run_cli
+from otlp_receiver import free_port
+from rotel_peer import Rotel
+from test_otlp_payloads import check_payload
+
+
+def start(endpoint, *extra, **fake_env):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
+    env.update({"FAKE_NVSMI_SPEED": "10", "TPW_RAPL_ROOT": "/nonexistent"})
+    env.update(fake_env)
+    return ExporterProcess([sys.executable, NVSMI_EXPORTER, "--nvidia-smi", FAKE_NVSMI, "--interval", "1",
+                            "--endpoint", endpoint, *extra], env)
+
+
+def fake(*args, **env):
+    return subprocess.run([FAKE_NVSMI, *args], env=dict(os.environ, **env), capture_output=True, text=True, timeout=10)
+
+
+# ---- the stand-in behaves like nvidia-smi
+
+def test_fake_unknown_field_fails_the_whole_query_on_stdout():
+    result = fake("--query-gpu=index,power.draw.instant", "--format=csv", FAKE_NVSMI_PROFILE="r470-maxwell-m6000")
+    assert result.returncode == 2
+    assert result.stdout == 'Field "power.draw.instant" is not a valid field to query.\n\n' and not result.stderr
+
+
+@pytest.mark.parametrize("code,needle", [(9, "couldn't communicate with the NVIDIA driver"),
+                                         (12, "couldn't find libnvidia-ml.so"), (15, "GPU is lost"),
+                                         (18, "Driver/library version mismatch")])
+def test_fake_exit_codes(code, needle):
+    result = fake("--query-gpu=index", "--format=csv", FAKE_NVSMI_EXIT=str(code))
+    assert result.returncode == code and needle in result.stdout
+
+
+def test_fake_header_keeps_units_with_nounits_and_renames_throttle():
+    result = fake("--query-gpu=index,power.draw,clocks_throttle_reasons.active", "--format=csv,nounits")
+    header, first = result.stdout.splitlines()[:2]
+    assert header == "index, power.draw [W], clocks_event_reasons.active"
+    assert first == "0, 44.05, 0x0000000000000001"
+
+
+def test_fake_loop_streams_with_interleaved_xid():
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        subprocess.run([FAKE_NVSMI, "--query-gpu=index,power.draw", "--format=csv,noheader,nounits", "-lms", "100"],
+                       env=dict(os.environ, FAKE_NVSMI_XID="1", FAKE_NVSMI_SPEED="10"), capture_output=True,
+                       timeout=0.5)
+    lines = info.value.stdout.decode().splitlines()
+    assert any("Xid" in line for line in lines) and sum(1 for line in lines if line[:1].isdigit()) >= 16
+
+
+# ---- the exporter
+
+def test_eight_gpus_land_with_identity_and_parse_strictly(receiver):
+    exporter = start(receiver.url, "--compression", "gzip")
+    assert receiver.wait_for(lambda: len(receiver.series("gpu.energy")) >= 16, 20)
+    assert exporter.stop() == 0
+    by_gpu = {}
+    for p in receiver.series("gpu.power.board"):
+        by_gpu.setdefault(p.attributes["gpu.index"], []).append(p)
+    assert sorted(by_gpu) == [str(i) for i in range(8)]
+    first = by_gpu["0"][0]
+    assert first.resource["cluster"] == "nvidia" and first.resource["service.name"] == "nvsmi-otel-exporter"
+    assert set(first.attributes) == {"gpu.index", "gpu.uuid", "gpu.name", "gpu.pci.bus_id"}
+    for _h, raw, _d, status in receiver.requests:
+        check_payload(gzip.decompress(raw).decode())
+    energies = [p.value for p in receiver.series("gpu.energy") if p.attributes["gpu.index"] == "3"]
+    assert energies == sorted(energies) and energies[-1] > 0
+    # the exporter's own series once per round, not once per GPU
+    rounds = len(by_gpu["0"])
+    assert abs(len(receiver.series("exporter.samples.read")) - rounds) <= 1
+
+
+def test_once_against_rotel(tmp_path):
+    rotel = Rotel(tmp_path)
+    try:
+        result = run_cli(NVSMI_EXPORTER, "--nvidia-smi", FAKE_NVSMI, "--once", "--interval", "0.2",
+                         "--endpoint", rotel.url, env={"FAKE_NVSMI_PROFILE": "r590-h100-mig",
+                                                       "TPW_RAPL_ROOT": "/nonexistent"})
+        assert result.returncode == 0, result.stderr
+        metrics = {m["name"]: m for m in rotel.metrics()}
+    finally:
+        rotel.stop()
+    power = metrics["gpu.power.board"]
+    assert power["unit"] == "W" and power["points"][0]["value"] == pytest.approx(69.85)
+    assert power["points"][0]["attributes"]["gpu.name"] == "NVIDIA H100 80GB HBM3"
+    assert power["resource"]["cluster"] == "nvidia"
+    assert "gpu.utilization.gpu" not in metrics  # [N/A] under MIG
+    assert metrics["gpu.temp.core"]["unit"] == "Cel"
+
+
+@pytest.mark.parametrize("code", [9, 12, 18])
+def test_driver_failures_at_start_are_retried_then_recover(receiver, tmp_path, code):
+    log = tmp_path / "calls"
+    exporter = start(receiver.url, FAKE_NVSMI_EXIT=str(code), FAKE_NVSMI_EXIT_RUNS="3", FAKE_NVSMI_LOG=str(log))
+    assert receiver.wait_for(lambda: len(receiver.series("gpu.power.board")) >= 8, 30)
+    assert exporter.stop() == 0
+    assert f"exit {code}" in exporter.stderr
+
+
+def test_gpu_lost_mid_stream_restarts_and_counts(receiver, tmp_path):
+    exporter = start(receiver.url, FAKE_NVSMI_EXIT="15", FAKE_NVSMI_EXIT_AFTER="3", FAKE_NVSMI_EXIT_RUNS="1",
+                     FAKE_NVSMI_LOG=str(tmp_path / "calls"))
+    assert receiver.wait_for(lambda: any(p.value >= 1 for p in receiver.series("exporter.source.restarts")), 30)
+    assert exporter.stop() == 0
+    assert "exit 15: Unable to determine the device handle" in exporter.stderr
+
+
+def test_help_that_hangs_is_cut_off(receiver):
+    exporter = start(receiver.url, "--nvidia-smi-timeout", "1", FAKE_NVSMI_HANG="help")
+    time.sleep(3.5)
+    assert exporter.stop() == 0
+    assert "did not answer within 1s" in exporter.stderr
+    assert not receiver.points
+
+
+def test_xid_lines_are_logged_not_counted(receiver):
+    exporter = start(receiver.url, FAKE_NVSMI_XID="2")
+    assert receiver.wait_for(lambda: len(receiver.series("gpu.power.board")) >= 40, 30)
+    assert exporter.stop() == 0
+    assert "nvidia-smi reported: Xid (PCI:0000:3b:00): 79" in exporter.stderr
+    assert "lines skipped 0" in exporter.stderr
+
+
+def test_outage_and_sigterm_hold_for_nvidia_too(receiver):
+    exporter = start(receiver.url, FAKE_NVSMI_SPEED="20")
+    assert receiver.wait_for(lambda: len(receiver.series("gpu.power.board")) >= 16, 20)
+    receiver.stop()
+    time.sleep(2)
+    receiver.start()
+    before = len(receiver.series("gpu.power.board"))
+    assert receiver.wait_for(lambda: len(receiver.series("gpu.power.board")) > before + 200, 30)
+    assert exporter.stop() == 0
+    read, delivered, dropped = map(int, re.search(r"samples read (\d+), delivered (\d+), dropped (\d+)",
+                                                  exporter.stderr).groups())
+    assert read == delivered and dropped == 0
+    for index in ("0", "7"):
+        times = [p.time_ns for p in receiver.series("gpu.power.board") if p.attributes["gpu.index"] == index]
+        assert times == sorted(times) and len(times) == len(set(times))
+    pid = int(re.search(r"started nvidia-smi \(pid (\d+)\)", exporter.stderr).group(1))
+    assert not os.path.exists(f"/proc/{pid}") or " Z " in open(f"/proc/{pid}/stat").read()
+
+
+def test_check_reports_driver_fields_persistence_and_rapl(receiver):
+    result = run_cli(NVSMI_EXPORTER, "--check", "--nvidia-smi", FAKE_NVSMI, "--endpoint", receiver.url,
+                     env={"FAKE_NVSMI_PROFILE": "r470-maxwell-m6000", "TPW_RAPL_ROOT": "/nonexistent",
+                          "FAKE_NVSMI_SPEED": "5"})
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for needle in ("OK    nvidia-smi found", "OK    driver version: 470.256.02", "OK    GPUs seen: 1: Quadro M6000",
+                   "OK    persistence mode: on", "WARN  fields this driver lacks: power.draw.average, "
+                   "power.draw.instant, module.power.draw.average", "WARN  RAPL (host CPU power): no RAPL zones",
+                   "OK    one sample parsed", "OK    collector accepted a POST"):
+        assert needle in out
+
+
+def test_no_nvidia_smi_is_named(tmp_path):
+    result = run_cli(NVSMI_EXPORTER, "--once", env={"PATH": str(tmp_path)})
+    assert result.returncode == 3
+    assert "nvidia-smi not found; looked in: PATH, /usr/bin/nvidia-smi, /usr/local/bin/nvidia-smi" in result.stderr
+
+
+def test_list_metrics_and_isolated_run(tmp_path, receiver):
+    table = {m["name"]: m for m in json.loads(run_cli(NVSMI_EXPORTER, "--list-metrics").stdout)}
+    expected = {"gpu.power.board": "W", "gpu.power.average": "W", "gpu.power.instant": "W", "gpu.power.module": "W",
+                "gpu.power.limit": "W", "gpu.energy": "J", "gpu.temp.core": "Cel", "gpu.temp.memory": "Cel",
+                "gpu.utilization.gpu": "1", "gpu.utilization.memory": "1", "gpu.memory.used": "By",
+                "gpu.memory.total": "By", "gpu.clock.sm": "Hz", "gpu.clock.memory": "Hz", "gpu.fan.speed": "1",
+                "gpu.pstate": "1", "gpu.throttle.power": "1", "gpu.throttle.thermal": "1", "host.energy.cpu": "J",
+                "host.power.cpu": "W"}
+    for name, unit in expected.items():
+        assert table[name]["unit"] == unit, name
+    assert table["gpu.energy"]["type"] == "sum" and table["host.energy.cpu"]["type"] == "sum"
+    copy = tmp_path / "nvsmi-otel-exporter.py"
+    copy.write_bytes(open(NVSMI_EXPORTER, "rb").read())
+    done = subprocess.run([sys.executable, "-I", "-S", str(copy), "--once", "--nvidia-smi", FAKE_NVSMI,
+                           "--interval", "0.2", "--endpoint", receiver.url, "--rapl-root", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], "FAKE_NVSMI_SPEED": "5"})
+    assert done.returncode == 0, done.stderr
+
+
+CAPTURE_FILES = sorted(f for f in os.listdir(CAPTURES) if f.endswith(".txt")) if os.path.isdir(CAPTURES) else []
+
+
+@pytest.mark.skipif(not CAPTURE_FILES, reason="../shared/captures/nvidia-smi is not here")
+@pytest.mark.parametrize("capture", CAPTURE_FILES)
+def test_real_captures_parse_and_match(capture, tmp_path):
+    """The captured help text of each real driver and its real rows, through the exporter."""
+    path = os.path.join(CAPTURES, capture)
+    result = run_cli(NVSMI_EXPORTER, "--nvidia-smi", FAKE_NVSMI, "--once", "--console", "--interval", "0.2",
+                     env={"FAKE_NVSMI_CAPTURE": path, "TPW_RAPL_ROOT": "/nonexistent", "FAKE_NVSMI_SPEED": "5"})
+    assert result.returncode == 0, result.stderr
+    text = open(path, encoding="utf-8", errors="replace").read()
+    after = text.split("# idle :: query-gpu (csv, what the exporter parses)\n", 1)[1].splitlines()
+    body = after[after.index(next(line for line in after if line.startswith("#####"))) + 1:]
+    lines = [line for line in body if line.strip()]
+    header = [h.strip() for h in lines[0].split(", ")]
+    row = lines[1].split(", ")
+    board = row[header.index("power.draw [W]")]
+    printed = [line for line in result.stdout.splitlines() if "gpu.power.board" in line]
+    if board.startswith("["):
+        assert not printed
+    else:
+        assert printed and float(printed[0].split()[2]) == pytest.approx(float(board.split()[0]))
+    assert "lines skipped 0" in result.stderr or "stopped" not in result.stderr
+    used = row[header.index("memory.used [MiB]")].split()[0]
+    mem = [line for line in result.stdout.splitlines() if "gpu.memory.used" in line]
+    assert int(mem[0].split()[2]) == int(used) * 1048576
+
+
+def test_exits_4_when_the_driver_rejects_the_query(receiver, tmp_path):
+    """A driver that lists a field in its help but refuses it: exit 2 from nvidia-smi is a config error."""
+    profile = json.load(open(os.path.join(os.path.dirname(FAKE_NVSMI), "..", "fixtures", "nvidia-smi",
+                                          "r470-maxwell-m6000.json")))
+    profile["fields"].append(["power.draw.instant"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(profile))
+    real = open(FAKE_NVSMI).read()
+    wrapper = tmp_path / "nvidia-smi"
+    wrapper.write_text(real.replace("if field not in host.aliases:", "if field not in host.aliases or "
+                                                                       "field == 'power.draw.instant':"))
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
+    env.update({"FAKE_NVSMI_PROFILE": str(bad), "TPW_RAPL_ROOT": "/nonexistent"})
+    port = free_port()
+    done = subprocess.run([sys.executable, NVSMI_EXPORTER, "--nvidia-smi", str(wrapper), "--endpoint",
+                           f"http://127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 4
+    assert 'Field "power.draw.instant" is not a valid field to query.' in done.stderr
