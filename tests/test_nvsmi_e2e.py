@@ -73,6 +73,7 @@ def test_eight_gpus_land_with_identity_and_parse_strictly(receiver):
     assert first.resource["cluster"] == "nvidia" and first.resource["service.name"] == "nvsmi-otel-exporter"
     assert set(first.attributes) == {"gpu.index", "gpu.uuid", "gpu.name", "gpu.pci.bus_id"}
     for _h, raw, _d, status in receiver.requests:
+        assert status == 200
         check_payload(gzip.decompress(raw).decode())
     energies = [p.value for p in receiver.series("gpu.energy") if p.attributes["gpu.index"] == "3"]
     assert energies == sorted(energies) and energies[-1] > 0
