@@ -21,20 +21,16 @@ from __future__ import annotations
 import argparse
 import calendar
 import errno
-import gzip
-import http.client
-import ipaddress
 import json
 import logging
 import os
 import platform
-import queue
 import random
 import re
+import select
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -42,7 +38,6 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
-from email.utils import parsedate_to_datetime
 
 __version__ = "0.1.0"
 
@@ -236,6 +231,8 @@ SHARED_SETTINGS = [
     ("--spool-dir", "TPW_SPOOL_DIR", None, "keep unsent samples in this folder across restarts"),
     ("--spool-max-bytes", "TPW_SPOOL_MAX_BYTES", "52428800", "size bound of the spool file"),
     ("--batch-max", "TPW_BATCH_MAX", "500", "most samples in one export request"),
+    ("--self-report-interval", "TPW_SELF_REPORT_INTERVAL", "10",
+     "seconds between the exporter.* series (sent with a sample, never more often than samples)"),
     ("--log-level", "TPW_LOG_LEVEL", "info", "debug, info, warning or error"),
 ]
 
@@ -251,7 +248,7 @@ def build_parser(source_settings, description):
         shown = "none" if default is None else default
         kwargs = {"dest": dest, "default": env_get(env, default),
                   "help": f"{text} [env {env}; default {shown}]"}
-        if flag == "--interval":
+        if flag in ("--interval", "--self-report-interval"):
             kwargs["type"] = interval_value
         elif flag in ("--buffer-max", "--batch-max", "--spool-max-bytes"):
             kwargs["type"] = positive_int
@@ -309,6 +306,9 @@ def finish_config(args):
     for text, what in ((args.headers, "--headers"), (args.metrics_headers, "--metrics-headers")):
         if text:
             args.http_headers.update(parse_key_values(text, what))
+    for name, value in args.http_headers.items():
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or re.search(r"[\r\n\x00]", value):
+            raise ConfigError(f"header {name!r} is not a valid HTTP header name/value (no spaces, no line breaks)")
     if args.certificate and not os.path.isfile(args.certificate):
         raise ConfigError(f"--certificate {args.certificate}: no such file")
     level = (args.log_level or "info").upper()
@@ -388,8 +388,15 @@ def json_str(text):
     return json.dumps(text, ensure_ascii=False)
 
 
+ATTRIBUTE_CACHE = {}  # the same few attribute sets (one per GPU, per zone) come back every sample
+
+
 def encode_attributes(pairs):
     """[(key, value), ...] -> the OTLP KeyValue list as JSON text."""
+    pairs = tuple(pairs)
+    cached = ATTRIBUTE_CACHE.get(pairs)
+    if cached is not None:
+        return cached
     items = []
     for key, value in pairs:
         if isinstance(value, bool):
@@ -401,7 +408,10 @@ def encode_attributes(pairs):
         else:
             encoded = '{"stringValue":%s}' % json_str(str(value))
         items.append('{"key":%s,"value":%s}' % (json_str(key), encoded))
-    return "[" + ",".join(items) + "]"
+    text = "[" + ",".join(items) + "]"
+    if len(ATTRIBUTE_CACHE) < 1024:
+        ATTRIBUTE_CACHE[pairs] = text
+    return text
 
 
 def encode_point(time_ns, value, attributes=(), start_ns=0):
@@ -703,6 +713,7 @@ def parse_retry_after(value):
     value = value.strip()
     if value.isdigit():
         return float(value)
+    from email.utils import parsedate_to_datetime  # only when a collector sends an HTTP date
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -725,7 +736,8 @@ def response_message(body):
 
 
 def classify_response(status, headers, body):
-    """Map an HTTP answer to an Outcome by the OTLP rules: retry only 429/502/503/504."""
+    """Map an HTTP answer (headers with lower-case names) to an Outcome by the OTLP rules:
+    retry only 429/502/503/504."""
     if status == 200:
         partial = {}
         try:
@@ -745,14 +757,22 @@ def classify_response(status, headers, body):
     if 200 < status < 300:
         return Outcome("ok", status=status)
     if status in RETRYABLE_STATUS:
-        return Outcome("retry", f"HTTP {status}", parse_retry_after(headers.get("Retry-After")), status=status)
+        return Outcome("retry", f"HTTP {status}", parse_retry_after(headers.get("retry-after")), status=status)
     if status == 413:
         return Outcome("too_large", "HTTP 413 request too large", status=413)
     return Outcome("reject", f"HTTP {status}: {response_message(body)}", status=status)
 
 
+class BadResponse(OSError):
+    """The collector answered something that is not HTTP/1.x."""
+
+
 class OtlpHttpClient:
-    """POSTs OTLP/JSON bodies over one kept-alive connection, reconnecting when it breaks."""
+    """POSTs OTLP/JSON bodies over one kept-alive HTTP/1.1 connection, reconnecting when it breaks.
+
+    A small client on a plain socket rather than http.client: it sends one request shape and reads
+    one response shape, and each export is cheaper (http.client parses headers with the email
+    package); ssl is loaded only for an https:// collector."""
 
     def __init__(self, url, headers, timeout_s, compression, cafile):
         self.url = url
@@ -760,60 +780,118 @@ class OtlpHttpClient:
         self.https = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self.https else 80)
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = self.host if ":" not in self.host else f"[{self.host}]"
+        if parts.port:
+            host_header += f":{parts.port}"
         self.timeout_s = timeout_s
         self.gzip = compression == "gzip"
-        self.headers = {"Content-Type": "application/json", "User-Agent": f"{SERVICE_NAME}/{__version__}"}
-        self.headers.update(headers)
+        fields = {"Host": host_header, "User-Agent": f"{SERVICE_NAME}/{__version__}",
+                  "Content-Type": "application/json", "Accept": "application/json"}
         if self.gzip:
-            self.headers["Content-Encoding"] = "gzip"
-        self.context = ssl.create_default_context(cafile=cafile) if self.https else None
-        self.conn = None
+            fields["Content-Encoding"] = "gzip"
+        fields.update(headers)
+        self.head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+        self.context = None
+        if self.https:
+            import ssl
+            self.context = ssl.create_default_context(cafile=cafile)
+        self.sock = None
+        self.reader = None
 
     def close(self):
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self.sock is not None:
+            try:
+                self.reader.close()
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = self.reader = None
 
     def post(self, body, timeout_s=None):
         """Returns an Outcome; network failures become retryable outcomes, never exceptions."""
         data = body.encode("utf-8")
         if self.gzip:
+            import gzip
             data = gzip.compress(data, compresslevel=6)
         timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
-        reused = self.conn is not None
+        reused = self.sock is not None
         outcome = self.attempt(data, timeout)
         if reused and outcome.status in ("connection_reset", "broken_pipe"):
             # The collector closed an idle kept-alive connection; that is not an outage.
             outcome = self.attempt(data, timeout)
         return outcome
 
+    def connect(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.context is not None:
+            sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
     def attempt(self, data, timeout):
         try:
-            if self.conn is None:
-                if self.https:
-                    self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
-                else:
-                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            if self.sock is None:
+                self.connect(timeout)
             else:
-                self.conn.timeout = timeout
-                if self.conn.sock is not None:
-                    self.conn.sock.settimeout(timeout)
-            self.conn.request("POST", self.path, body=data, headers=self.headers)
-            response = self.conn.getresponse()
-            answer = response.read(MAX_RESPONSE_BYTES + 1)
-            if response.getheader("Connection", "").lower() == "close":
+                self.sock.settimeout(timeout)
+            self.sock.sendall((self.head + f"Content-Length: {len(data)}\r\n\r\n").encode("latin-1") + data)
+            status, headers, answer = self.read_response()
+            if headers.get("connection", "").lower() == "close":
                 self.close()
-            return classify_response(response.status, response.headers, answer[:MAX_RESPONSE_BYTES])
+            return classify_response(status, headers, answer)
         except socket.timeout:
             self.close()
             return Outcome("retry", "timeout", status="timeout")
-        except ssl.SSLError as exc:
+        except OSError as exc:
             self.close()
-            return Outcome("retry", f"TLS error: {exc.reason or exc}", status="tls")
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
+            if type(exc).__name__.startswith("SSL"):
+                return Outcome("retry", f"TLS error: {getattr(exc, 'reason', None) or exc}", status="tls")
             return Outcome("retry", describe_network_error(exc), status=network_error_type(exc))
+
+    def read_response(self):
+        """(status, {lower-case header: value}, body) of one HTTP/1.x response."""
+        line = self.reader.readline(65537)
+        if not line:
+            raise ConnectionResetError(errno.ECONNRESET, "the collector closed the connection")
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise BadResponse(f"not an HTTP response: {line[:60]!r}")
+        status = int(parts[1])
+        headers = {}
+        while True:
+            line = self.reader.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if status in (204, 304) or 100 <= status < 200:
+            return status, headers, b""
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            return status, headers, self.read_chunked()
+        if "content-length" in headers:
+            length = int(headers["content-length"])
+            body = self.reader.read(min(length, MAX_RESPONSE_BYTES))
+            if length > MAX_RESPONSE_BYTES:
+                self.close()  # the rest is not worth reading; the connection cannot be reused
+            return status, headers, body
+        body = self.reader.read(MAX_RESPONSE_BYTES)  # no length: the body ends when the connection does
+        self.close()
+        return status, headers, body
+
+    def read_chunked(self):
+        body = b""
+        while len(body) <= MAX_RESPONSE_BYTES:
+            size = int(self.reader.readline(1024).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.reader.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass
+                return body
+            body += self.reader.read(size)
+            self.reader.readline(1024)
+        self.close()
+        return body[:MAX_RESPONSE_BYTES]
 
 
 def network_error_type(exc):
@@ -821,7 +899,7 @@ def network_error_type(exc):
         return "connection_refused"
     if isinstance(exc, BrokenPipeError):
         return "broken_pipe"
-    if isinstance(exc, (ConnectionResetError, http.client.RemoteDisconnected)):
+    if isinstance(exc, ConnectionResetError):
         return "connection_reset"
     if isinstance(exc, socket.gaierror):
         return "dns"
@@ -859,7 +937,7 @@ class Sender(threading.Thread):
         while True:
             if self.stopping.is_set() and (not len(self.buffer) or time.monotonic() >= self.deadline):
                 return
-            batch = self.buffer.take(self.batch_max, 0.5)
+            batch = self.buffer.take(self.batch_max, 60.0)  # add() and stop() wake it sooner
             if not batch:
                 continue
             done, outcome = self.deliver(batch)
@@ -970,31 +1048,53 @@ def format_duration(seconds):
 # ---------------------------------------------------------------- the source process
 
 ERROR_LINE = re.compile(r"^(error|failed|unable|field )|has failed|couldn't|not a valid field", re.IGNORECASE)
+STARTUP_GRACE_S = 10.0  # the first line needs start-up time (macmon scans SMC keys) plus one interval
+MAX_LINE_BYTES = 1 << 20
 
 
 class SourceProcess:
-    """One long-lived child (macmon / nvidia-smi) whose stdout lines arrive through a queue."""
+    """One long-lived child (macmon / nvidia-smi). Its stdout and stderr are read in the sampling
+    thread with select(): no reader threads, no hand-offs, nothing to wake while it is quiet."""
 
     def __init__(self, argv):
         self.argv = argv
-        self.lines = queue.Queue()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True)
+        self.out_fd = self.proc.stdout.fileno()
+        self.err_fd = self.proc.stderr.fileno()
+        self.partial = {self.out_fd: b"", self.err_fd: b""}
+        self.open_fds = [self.out_fd, self.err_fd]
         self.stderr_tail = deque(maxlen=20)
         self.stdout_tail = deque(maxlen=5)
-        threading.Thread(target=self.pump, args=(self.proc.stdout, True), daemon=True).start()
-        threading.Thread(target=self.pump, args=(self.proc.stderr, False), daemon=True).start()
 
-    def pump(self, stream, is_stdout):
-        for raw in iter(stream.readline, b""):
-            text = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if is_stdout:
-                self.lines.put((time.time_ns(), text))
-                self.stdout_tail.append(text)
-            else:
-                self.stderr_tail.append(text)
-        if is_stdout:
-            self.lines.put((time.time_ns(), None))  # end of output
+    def read(self, timeout, wake_fd):
+        """Wait up to timeout for output. Returns (stdout lines as (read ns, text), ended, woken)."""
+        try:
+            ready, _, _ = select.select(self.open_fds + [wake_fd], [], [], timeout)
+        except InterruptedError:
+            return [], False, False
+        woken = wake_fd in ready
+        lines = []
+        for fd in ready:
+            if fd == wake_fd:
+                continue
+            chunk = os.read(fd, 65536)
+            now_ns = time.time_ns()
+            if not chunk:
+                self.open_fds.remove(fd)
+                chunk = b"\n" if self.partial[fd] else b""  # a last line without its newline
+            pieces = (self.partial[fd] + chunk).split(b"\n")
+            self.partial[fd] = pieces.pop()
+            if len(self.partial[fd]) > MAX_LINE_BYTES:
+                self.partial[fd] = b""  # runaway output with no newline: drop it
+            for raw in pieces:
+                text = raw.decode("utf-8", "replace").rstrip("\r")
+                if fd == self.out_fd:
+                    lines.append((now_ns, text))
+                    self.stdout_tail.append(text)
+                else:
+                    self.stderr_tail.append(text)
+        return lines, self.out_fd not in self.open_fds, woken
 
     def stop(self):
         """SIGTERM, then SIGKILL: never leave an orphaned macmon or nvidia-smi behind."""
@@ -1015,6 +1115,15 @@ class SourceProcess:
                 except subprocess.TimeoutExpired:
                     LOG.error("%s (pid %d) did not die after SIGKILL (stuck in the kernel?)",
                               SOURCE_NAME, self.proc.pid)
+        for fd in list(self.open_fds):
+            try:  # stderr may still hold the reason it died
+                chunk = os.read(fd, 65536) if select.select([fd], [], [], 0)[0] else b""
+                if fd == self.err_fd:
+                    self.stderr_tail.extend((self.partial[fd] + chunk).decode("utf-8", "replace").splitlines())
+            except OSError:
+                pass
+        self.proc.stdout.close()
+        self.proc.stderr.close()
         return self.proc.returncode
 
     def exit_description(self):
@@ -1032,7 +1141,7 @@ class SourceProcess:
         stdout = [line.strip() for line in self.stdout_tail if line.strip()]
         errors = [line for line in stderr + stdout if ERROR_LINE.search(line)]
         message = (errors or stderr or [""])[-1]
-        return f"exit {code}" + (f": {message.strip()}" if message else "")
+        return f"exit {code}" + (f": {message}" if message else "")
 
 
 class Supervisor:
@@ -1048,6 +1157,8 @@ class Supervisor:
         self.child = None
         self.backoff = 1.0
         self.started_once = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
 
     def lines(self):
         """Yields (read time ns, line) for every stdout line, across restarts, until stopping."""
@@ -1059,22 +1170,25 @@ class Supervisor:
             if self.child is None:
                 continue
             got_line = False
-            silence_s = 3 * self.interval + (STARTUP_GRACE_S if not got_line else 0)
+            silence_s = 3 * self.interval + STARTUP_GRACE_S
             while not self.stopping.is_set():
-                try:
-                    read_ns, line = self.child.lines.get(timeout=min(0.25, silence_s))
-                except queue.Empty:
-                    if (time.monotonic() - self.last_line) > silence_s:
-                        LOG.warning("%s printed nothing for %.1fs; restarting it", SOURCE_NAME, silence_s)
+                wait_s = max(0.01, silence_s - (time.monotonic() - self.last_line))
+                lines, ended, woken = self.child.read(wait_s, self.wake_r)
+                if woken:
+                    os.read(self.wake_r, 64)
+                for read_ns, line in lines:
+                    self.last_line = time.monotonic()
+                    if not got_line:
+                        got_line = True
+                        silence_s = 3 * self.interval
+                    yield read_ns, line
+                    if self.stopping.is_set():
                         break
-                    continue
-                if line is None:
+                if ended:
                     break
-                self.last_line = time.monotonic()
-                if not got_line:
-                    got_line = True
-                    silence_s = 3 * self.interval
-                yield read_ns, line
+                if not lines and not woken and time.monotonic() - self.last_line > silence_s:
+                    LOG.warning("%s printed nothing for %.1fs; restarting it", SOURCE_NAME, silence_s)
+                    break
             self.finish_child(got_line)
 
     def start(self):
@@ -1113,12 +1227,19 @@ class Supervisor:
         self.stopping.wait(self.backoff)
         self.backoff = min(self.backoff * 2, 30.0)
 
+    def wake(self):
+        """Interrupt the wait for output (the stop event is already set). Safe in a signal handler."""
+        try:
+            os.write(self.wake_w, b"!")
+        except OSError:
+            pass
+
     def close(self):
+        # The wake pipe stays open: a late signal handler must never write into a reused fd.
         if self.child is not None:
             self.child.stop()
 
 
-STARTUP_GRACE_S = 10.0  # the first line needs start-up time (macmon scans SMC keys) plus one interval
 
 
 # ---------------------------------------------------------------- running
@@ -1163,6 +1284,14 @@ class Exporter:
         self.spool = Spool(args.spool_dir, args.spool_max_bytes, self.stats) if args.spool_dir else None
         self.client = None
         self.sender = None
+        self.supervisor = None
+        self.next_self_report = 0.0
+
+    def stop(self):
+        """From a signal handler: stop sampling now, then flush (see shutdown)."""
+        self.stopping.set()
+        if self.supervisor is not None:
+            self.supervisor.wake()
 
     def make_client(self):
         a = self.args
@@ -1182,7 +1311,12 @@ class Exporter:
         time_ns, points = parsed
         with self.stats.lock:
             self.stats.samples_read += 1
-        if self.source.starts_round():  # the exporter's own series once per interval, not per GPU
+        now = time.monotonic()
+        if self.source.starts_round() and now >= self.next_self_report:
+            # The exporter's own series: with the first sample, then at most every
+            # --self-report-interval (never once per GPU row): counters need no more, and sending
+            # them with every sample would cost as much as the data.
+            self.next_self_report = now + self.args.self_report_interval
             points = points + self.stats.points(time_ns, len(self.buffer))
         return Sample(time_ns, points)
 
@@ -1194,7 +1328,7 @@ class Exporter:
             if self.spool:
                 self.buffer.prepend(self.spool.load())
             self.sender.start()
-        supervisor = Supervisor(self.source, self.args.interval, self.stats, self.stopping)
+        supervisor = self.supervisor = Supervisor(self.source, self.args.interval, self.stats, self.stopping)
         LOG.info("%s %s: sampling every %gs, %s", SERVICE_NAME, __version__, self.args.interval,
                  f"sending to {self.args.url}" if self.client else f"exporter {self.args.exporter}")
         last_spool = time.monotonic()
@@ -1269,6 +1403,7 @@ def run_once(args, source):
 
 def on_link_private(address, ifconfig_text):
     """True when a private address lies in a subnet of one of this Mac's interfaces (ifconfig output)."""
+    import ipaddress
     try:
         target = ipaddress.ip_address(address)
     except ValueError:
@@ -1400,7 +1535,7 @@ def main(argv=None):
 
         def on_signal(signum, _frame):
             LOG.info("received %s: stopping", signal.Signals(signum).name)
-            exporter.stopping.set()
+            exporter.stop()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)

@@ -81,7 +81,7 @@ class ExporterProcess:
 
 def start_macmon_exporter(endpoint, *extra, env=None, fake_env=None, python=None):
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
-    environment.update({"FAKE_MACMON_SPEED": "10"})
+    environment.update({"FAKE_MACMON_SPEED": "10", "TPW_SELF_REPORT_INTERVAL": "1"})
     environment.update(fake_env or {})
     environment.update(env or {})
     argv = [python or sys.executable, MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--interval", "1",

@@ -40,6 +40,8 @@ def test_outage_then_recovery_delivers_every_sample_once_in_order(receiver):
     time.sleep(0.5)
     before_stop = len(sample_times(receiver))
     assert receiver.wait_for(lambda: len(sample_times(receiver)) > before_stop + 150, 40)
+    # the exporter's own series go out at most every 10 s; wait for the ones that tell of the outage
+    assert receiver.wait_for(lambda: receiver.series("exporter.send.errors"), 20)
     assert exporter.stop() == 0
     read, delivered, dropped = summary(exporter.stderr)
     times = sample_times(receiver)
@@ -146,6 +148,8 @@ def test_partial_success_is_logged_and_not_retried(receiver):
     receiver.mode = "partial"
     exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "10"})
     assert receiver.wait_for(lambda: len(sample_times(receiver)) >= 4, 20)
+    assert receiver.wait_for(lambda: any(p.value >= 3 for p in receiver.series("exporter.datapoints.dropped")
+                                         if p.attributes["reason"] == "rejected"), 20)
     assert exporter.stop() == 0
     assert_exactly_once_in_order(sample_times(receiver))
     assert "rejected 3 data points: 3 points had unknown units" in exporter.stderr

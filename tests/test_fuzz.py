@@ -46,7 +46,7 @@ def test_macmon_parser_survives_any_json(macmon_mod, document):
 @given(status=st.integers(100, 599), retry_after=st.none() | st.text(max_size=40),
        body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_response_handling_survives_any_answer(macmon_mod, status, retry_after, body):
-    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
     outcome = macmon_mod.classify_response(status, headers, body)
     assert outcome.kind in ("ok", "partial", "retry", "reject", "too_large")
     if status in (429, 502, 503, 504):

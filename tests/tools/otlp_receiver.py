@@ -64,6 +64,16 @@ def decode_request(document, request_number=0):
     return points
 
 
+def protobuf_to_json(body):
+    """Binary OTLP (what the OpenTelemetry SDK sends by default), decoded with the official
+    definitions when they are installed (make bench, tests); the demo never needs this."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    message = ExportMetricsServiceRequest()
+    message.ParseFromString(body)
+    return json_format.MessageToDict(message)
+
+
 class Receiver:
     """Start on a free loopback port; set .mode (and friends) to change how it answers."""
 
@@ -92,6 +102,9 @@ class Receiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # One write per response and no Nagle: otherwise delayed ACKs add 40 ms to every request.
+            wbufsize = 1 << 16
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
@@ -168,12 +181,13 @@ class Receiver:
                 self.requests.append((headers, raw, None, 413))
             self.reply(handler, 413, {"code": 8, "message": "request body too large"})
             return
-        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        content_type = headers.get("content-type", "").split(";")[0].strip()
+        if content_type not in ("application/json", "application/x-protobuf"):
             self.reply(handler, 415, {"code": 3, "message": "unsupported content type"})
             return
         body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
         try:
-            document = json.loads(body)
+            document = json.loads(body) if content_type == "application/json" else protobuf_to_json(body)
             with self.lock:
                 points = decode_request(document, len(self.requests))
                 self.requests.append((headers, raw, document, 200))
