@@ -45,3 +45,16 @@ bench: $(STAMP) ## measure the exporters against the OpenTelemetry Python SDK
 .PHONY: sync
 sync: ## copy the shared core from the macmon exporter into the nvidia one
 	$(PYTHON) tests/tools/sync_shared.py
+
+.PHONY: deploy undeploy status doctor
+deploy: ## install or upgrade the exporter on HOST (from deploy/hosts); DRY_RUN=1 prints only
+	@deploy/tpw-deploy.sh deploy "$(HOST)"
+
+undeploy: ## remove everything deploy installed on HOST
+	@deploy/tpw-deploy.sh undeploy "$(HOST)"
+
+status: ## is the exporter on HOST running, its last send, its last error
+	@deploy/tpw-deploy.sh status "$(HOST)"
+
+doctor: ## run the exporter's --check on HOST and explain the result
+	@deploy/tpw-deploy.sh doctor "$(HOST)"

