@@ -30,7 +30,7 @@ venv: $(STAMP) ## create .venv with the pinned dev tools
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, vermin (Python 3.9 floor) and shellcheck
-	$(VENV)/bin/ruff check exporters tests
+	$(VENV)/bin/ruff check exporters tests deploy
 	$(VENV)/bin/vermin --target=3.9- --violations --no-tips --eval-annotations $(EXPORTERS)
 	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 
@@ -58,3 +58,10 @@ status: ## is the exporter on HOST running, its last send, its last error
 
 doctor: ## run the exporter's --check on HOST and explain the result
 	@deploy/tpw-deploy.sh doctor "$(HOST)"
+
+.PHONY: collector verify
+collector: ## roll the collector config out to HOST: validate, swap, restart, health check, roll back on failure
+	@deploy/tpw-deploy.sh collector "$(HOST)"
+
+verify: ## is data arriving? collector counters on HOST, then each backend's API (otelcol/verify.env.example)
+	@deploy/tpw-deploy.sh verify "$(HOST)"

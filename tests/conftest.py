@@ -109,3 +109,12 @@ def wait_until(predicate, timeout=20.0):
             return True
         time.sleep(0.05)
     return predicate()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 for the deploy and collector tests."""
+    from sshd_peer import Sshd
+    server = Sshd(tmp_path_factory.mktemp("ssh"))
+    yield server
+    server.stop()

@@ -11,7 +11,6 @@ import subprocess
 
 import pytest
 from conftest import ROOT, TOOLS
-from sshd_peer import Sshd
 
 SHELL_SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "deploy", "*.sh"))) + [os.path.join(ROOT, ".ci", "run")]
 UNIT = os.path.join(ROOT, "units", "nvsmi-otel-exporter.service")
@@ -87,19 +86,12 @@ def test_plists_parse_with_required_keys_and_no_secret(path):
 
 # ---------------------------------------------------------------- end to end over ssh
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = Sshd(tmp_path_factory.mktemp("ssh"))
-    yield server
-    server.stop()
-
-
 class Lab:
     """A copy of the toolkit, an inventory, a remote root and stand-in tools, per test."""
 
     def __init__(self, tmp_path, sshd):
         self.top = tmp_path / "repo"
-        for part in ("deploy", "exporters", "plists", "units"):
+        for part in ("deploy", "exporters", "plists", "units", "otelcol"):
             shutil.copytree(os.path.join(ROOT, part), self.top / part)
         self.remote_root = tmp_path / "remote"
         self.remote_root.mkdir()

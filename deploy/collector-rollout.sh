@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# tokens-per-watt collector rollout, run on the gateway by `make collector HOST=...`
+# (deploy/tpw-deploy.sh copies otelcol/ and this script to the host first).
+#
+#   collector-rollout.sh apply
+#
+# Steps: render the --config list for TPW_BACKENDS, `otelcol-contrib validate` it with the real
+# environment, keep the running config as the previous one, swap the new one in atomically (a
+# symlink renamed over the old one), restart, check health (the health_check endpoint, then
+# accepted metric points rising), and roll back to the previous config when any step fails.
+# A re-run with nothing changed and a healthy collector changes nothing.
+#
+# Settings (environment): TPW_BACKENDS (signoz | signoz+splunk | all), DRY_RUN=1,
+#   TPW_HEALTH_URL (default http://127.0.0.1:13133/), TPW_METRICS_URL (default
+#   http://127.0.0.1:8888/metrics), TPW_HEALTH_WAIT (s, default 30), TPW_REQUIRE_TRAFFIC (1: accepted
+#   points must rise within TPW_TRAFFIC_WAIT s, default 1/60; 0 for a lab with no exporters yet),
+#   TPW_ROOT and TPW_PATH_PREPEND (tests only).
+set -euo pipefail
+
+STAGE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="${TPW_ROOT:-}"
+DRY_RUN="${DRY_RUN:-0}"
+CONF_DIR="$ROOT/etc/otelcol-contrib"
+ENV_FILE="$CONF_DIR/otelcol-contrib.conf"
+SERVICE="otelcol-contrib.service"
+HEALTH_URL="${TPW_HEALTH_URL:-http://127.0.0.1:13133/}"
+METRICS_URL="${TPW_METRICS_URL:-http://127.0.0.1:8888/metrics}"
+HEALTH_WAIT="${TPW_HEALTH_WAIT:-30}"
+REQUIRE_TRAFFIC="${TPW_REQUIRE_TRAFFIC:-1}"
+TRAFFIC_WAIT="${TPW_TRAFFIC_WAIT:-60}"
+if [ -n "${TPW_PATH_PREPEND:-}" ]; then PATH="$TPW_PATH_PREPEND:$PATH"; fi
+
+say() { printf 'tpw[%s]: %s\n' "$(hostname -s 2>/dev/null || hostname)" "$*"; }
+err() { printf 'tpw[%s]: error: %s\n' "$(hostname -s 2>/dev/null || hostname)" "$*" >&2; exit 1; }
+need_cmd() { command -v "$1" >/dev/null 2>&1 || err "'$1' is needed on this host: $2"; }
+
+fetch() {  # print a URL's body; fail on anything but 2xx
+  if command -v curl >/dev/null 2>&1; then curl -fsS --max-time 5 "$1"
+  else python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; fi
+}
+
+config_files() {  # the files of a backend profile, relative to otelcol/
+  case "$1" in
+    signoz) echo "gateway.yaml pipelines/signoz.yaml" ;;
+    signoz+splunk) echo "gateway.yaml backends/splunk.yaml pipelines/signoz+splunk.yaml" ;;
+    all) echo "gateway.yaml backends/splunk.yaml backends/o11y.yaml pipelines/all.yaml" ;;
+    *) err "TPW_BACKENDS='$1': use signoz, signoz+splunk or all" ;;
+  esac
+}
+
+options_for() {  # OTELCOL_OPTIONS for the files of a profile under a config folder
+  local dir="$1" file out=""
+  for file in $FILES; do out="$out --config=$dir/$file"; done
+  echo "${out# }"
+}
+
+current_options() { sed -n 's/^OTELCOL_OPTIONS="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ENV_FILE" 2>/dev/null | tail -n 1; }
+
+# Rewrite only the OTELCOL_OPTIONS line; tokens and everything else in the env file stay.
+write_options() {
+  local tmp="$ENV_FILE.tpw-new"
+  { grep -v '^OTELCOL_OPTIONS=' "$ENV_FILE" || true; echo "OTELCOL_OPTIONS=\"$1\""; } > "$tmp"
+  chmod 0600 "$tmp"
+  mv -f "$tmp" "$ENV_FILE"
+}
+
+healthy() {
+  local waited=0
+  while [ "$waited" -lt "$HEALTH_WAIT" ]; do
+    if fetch "$HEALTH_URL" >/dev/null 2>&1; then return 0; fi
+    sleep 1; waited=$((waited + 1))
+  done
+  return 1
+}
+
+accepted_points() {  # total otelcol_receiver_accepted_metric_points, or empty when unreadable
+  fetch "$METRICS_URL" 2>/dev/null | awk '/^otelcol_receiver_accepted_metric_points[{ ]/ {sum += $NF; seen = 1} END {if (seen) printf "%d\n", sum}'
+}
+
+traffic_rises() {
+  [ "$REQUIRE_TRAFFIC" = 1 ] || return 0
+  local first now waited=0
+  first="$(accepted_points)"
+  [ -n "$first" ] || { say "no otelcol_receiver_accepted_metric_points at $METRICS_URL"; return 1; }
+  while [ "$waited" -lt "$TRAFFIC_WAIT" ]; do
+    sleep 1; waited=$((waited + 1))
+    now="$(accepted_points)"
+    if [ -n "$now" ] && [ "$now" -gt "$first" ]; then say "accepted metric points rising ($first -> $now)"; return 0; fi
+  done
+  say "accepted metric points did not rise within ${TRAFFIC_WAIT}s (are the exporters sending here?)"
+  return 1
+}
+
+restart_and_check() {
+  systemctl restart "$SERVICE" || return 1
+  healthy || { say "health check at $HEALTH_URL failed"; return 1; }
+  traffic_rises
+}
+
+# ------------------------------------------------------------------ steps
+
+ensure_env_file() {
+  [ -f "$ENV_FILE" ] && return
+  say "create $ENV_FILE from collector.env.example (fill in the tokens, mode 0600)"
+  [ "$DRY_RUN" = 1 ] && return
+  mkdir -p "$CONF_DIR"
+  cp "$STAGE/otelcol/collector.env.example" "$ENV_FILE"
+  chmod 0600 "$ENV_FILE"
+}
+
+stage_new_config() {  # copy the profile's files into tpw-<hash>; prints that folder's name
+  local file hash
+  hash="$( (for file in $FILES; do echo "== $file"; cat "$STAGE/otelcol/$file"; done) | cksum | cut -d' ' -f1)"
+  NEW_NAME="tpw-$hash"
+  if [ "$DRY_RUN" = 1 ] || [ -d "$CONF_DIR/$NEW_NAME" ]; then return; fi
+  for file in $FILES; do
+    mkdir -p "$CONF_DIR/$NEW_NAME.tmp/$(dirname "$file")"
+    cp "$STAGE/otelcol/$file" "$CONF_DIR/$NEW_NAME.tmp/$file"
+  done
+  chmod -R go-w "$CONF_DIR/$NEW_NAME.tmp"
+  mv "$CONF_DIR/$NEW_NAME.tmp" "$CONF_DIR/$NEW_NAME"
+}
+
+validate_new_config() {
+  local options
+  options="$(options_for "$CONF_DIR/$NEW_NAME")"
+  say "validate: otelcol-contrib validate $options"
+  [ "$DRY_RUN" = 1 ] && return
+  # The same environment the service gets, so a missing token fails here and not at restart.
+  # shellcheck disable=SC2086,SC1090  # options is a list of --config flags; the env file is the host's
+  if ! (set -a; . "$ENV_FILE"; set +a; otelcol-contrib validate $options); then
+    rm -rf "${CONF_DIR:?}/$NEW_NAME"
+    err "the new collector config does not validate (see above); the running config is untouched"
+  fi
+}
+
+swap_to() {  # point the tpw symlink at a config folder, atomically
+  ln -sfn "$1" "$CONF_DIR/tpw.tpw-new"
+  mv -Tf "$CONF_DIR/tpw.tpw-new" "$CONF_DIR/tpw"
+}
+
+main() {
+  [ "${1:-}" = apply ] || err "usage: collector-rollout.sh apply"
+  need_cmd otelcol-contrib "install the otelcol-contrib package (0.13x-0.16x) first"
+  need_cmd systemctl "the gateway runs otelcol-contrib as a systemd service"
+  local profile="${TPW_BACKENDS:-}"
+  ensure_env_file
+  if [ -z "$profile" ]; then profile="$(sed -n 's/^TPW_BACKENDS=//p' "$ENV_FILE" 2>/dev/null | tail -n 1)"; fi
+  FILES="$(config_files "${profile:-signoz}")"
+  stage_new_config
+  local want_options previous_name previous_options
+  want_options="$(options_for "$CONF_DIR/tpw")"
+  previous_name="$(readlink "$CONF_DIR/tpw" 2>/dev/null || true)"
+  previous_options="$(current_options)"
+  if [ "$previous_name" = "$NEW_NAME" ] && [ "$previous_options" = "$want_options" ] && systemctl is-active --quiet "$SERVICE"; then
+    say "no change: collector config ${profile:-signoz} ($NEW_NAME) is already running"
+    return
+  fi
+  validate_new_config
+  say "roll out $NEW_NAME (backends: ${profile:-signoz}); previous: ${previous_name:-none}"
+  if [ "$DRY_RUN" = 1 ]; then say "dry run: nothing changed"; return; fi
+  cp -p "$ENV_FILE" "$ENV_FILE.previous"
+  swap_to "$NEW_NAME"
+  write_options "$want_options"
+  if restart_and_check; then
+    say "collector healthy on $NEW_NAME"
+    for old in "$CONF_DIR"/tpw-*; do  # keep the running and the previous config only
+      case "$(basename "$old")" in "$NEW_NAME"|"$previous_name") ;; *) rm -rf "$old" ;; esac
+    done
+    return
+  fi
+  say "rolling back to ${previous_name:-the previous config}"
+  if [ -n "$previous_name" ]; then swap_to "$previous_name"; else rm -f "$CONF_DIR/tpw"; fi
+  mv -f "$ENV_FILE.previous" "$ENV_FILE"
+  if [ -n "$previous_name" ] && restart_and_check; then
+    err "the new config failed its health check; rolled back to $previous_name, which is healthy again"
+  fi
+  err "the new config failed its health check and the previous one is not healthy either: check journalctl -u $SERVICE"
+}
+
+main "$@"
