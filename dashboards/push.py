@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Push the tokens-per-watt dashboard to a backend, idempotently: found by its title and updated in
+place, created only when it is not there. Standard library only.
+
+    python3 dashboards/push.py signoz   [--dry-run]   # SIGNOZ_API_URL, SIGNOZ_API_KEY
+    python3 dashboards/push.py splunk   [--dry-run]   # SPLUNK_REST_URL, SPLUNK_REST_TOKEN [, SPLUNK_APP, SPLUNK_OWNER]
+    python3 dashboards/push.py o11y     [--dry-run]   # O11Y_API_URL, O11Y_API_TOKEN [, PRICE_PER_KWH]
+
+Tokens come from the environment only (an API token, not an ingest token) and are never printed.
+--dry-run prints every request it would make and makes none. Exit codes: 0 pushed, 1 the backend
+refused (its message is printed), 2 a setting is missing.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FILES = {"signoz": "signoz/tokens-per-watt.json", "splunk": "splunk-enterprise/tokens-per-watt.json",
+         "o11y": "splunk-o11y/tokens-per-watt.json"}
+SETTINGS = {"signoz": ("SIGNOZ_API_URL", "SIGNOZ_API_KEY"), "splunk": ("SPLUNK_REST_URL", "SPLUNK_REST_TOKEN"),
+            "o11y": ("O11Y_API_URL", "O11Y_API_TOKEN")}
+
+
+class Api:
+    """JSON-over-HTTP with one auth header; in dry-run mode it prints instead of sending."""
+
+    def __init__(self, base, auth_header, token, dry_run):
+        self.base = base.rstrip("/")
+        self.auth = {auth_header: token}
+        self.dry_run = dry_run
+
+    def call(self, method, path, body=None, form=None):
+        url = self.base + path
+        headers = dict(self.auth)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if self.dry_run:
+            shown = {k: ("***" if k in self.auth else v) for k, v in headers.items()}
+            print(f"{method} {url}\n  headers: {shown}")
+            if data is not None:
+                text = data.decode()
+                print(f"  body ({len(text)} bytes): {text[:300]}{'...' if len(text) > 300 else ''}")
+            return None
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                text = response.read().decode()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and method == "GET":
+                return None
+            raise SystemExit(f"push: {method} {url} answered HTTP {exc.code}: {exc.read().decode()[:300]}") from None
+        except OSError as exc:
+            raise SystemExit(f"push: cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+        return json.loads(text) if text.strip() else {}
+
+
+def push_signoz(api, dashboard):
+    listing = api.call("GET", "/api/v1/dashboards") or {}
+    found = [d for d in listing.get("data") or [] if (d.get("data") or {}).get("title") == dashboard["title"]]
+    if found:
+        uuid = found[0].get("uuid") or found[0].get("id")
+        api.call("PUT", f"/api/v1/dashboards/{uuid}", body=dashboard)
+        return f"updated SigNoz dashboard {uuid}"
+    api.call("POST", "/api/v1/dashboards", body=dashboard)
+    return "created the SigNoz dashboard"
+
+
+def push_splunk(api, definition):
+    app, owner = os.environ.get("SPLUNK_APP", "search"), os.environ.get("SPLUNK_OWNER", "nobody")
+    name = re.sub(r"[^a-z0-9_]+", "_", definition["title"].split(":")[0].lower()).strip("_")
+    eai = (f'<dashboard version="2" theme="dark"><label>{definition["title"]}</label>'
+           f"<definition><![CDATA[{json.dumps(definition)}]]></definition></dashboard>")
+    views = f"/servicesNS/{owner}/{app}/data/ui/views"
+    existing = api.call("GET", f"{views}/{name}?output_mode=json")
+    if existing:
+        api.call("POST", f"{views}/{name}?output_mode=json", form={"eai:data": eai})
+        return f"updated Splunk view {app}/{name}"
+    api.call("POST", f"{views}?output_mode=json", form={"name": name, "eai:data": eai})
+    return f"created Splunk view {app}/{name}"
+
+
+def push_o11y(api, bundle):
+    price = os.environ.get("PRICE_PER_KWH")
+    placements, chart_ids = [], {}
+    for chart in bundle["charts"]:
+        if price:
+            chart = dict(chart, programText=chart["programText"].replace("price_per_kwh = 0.30",
+                                                                       f"price_per_kwh = {float(price)}"))
+        query = urllib.parse.urlencode({"name": chart["name"], "limit": 50})
+        found = [c for c in ((api.call("GET", f"/v2/chart?{query}") or {}).get("results") or [])
+                 if c.get("name") == chart["name"] and "tokens-per-watt" in (c.get("tags") or [])]
+        if found:
+            chart_ids[chart["name"]] = found[0]["id"]
+            api.call("PUT", f"/v2/chart/{found[0]['id']}", body=chart)
+        else:
+            created = api.call("POST", "/v2/chart", body=chart) or {}
+            chart_ids[chart["name"]] = created.get("id", "<new chart id>")
+    for place in bundle["dashboard"]["charts"]:
+        placements.append({"chartId": chart_ids[place["chart"]], "row": place["row"], "column": place["column"],
+                           "width": place["width"], "height": place["height"]})
+    dashboard = dict(bundle["dashboard"], charts=placements)
+    query = urllib.parse.urlencode({"name": dashboard["name"], "limit": 10})
+    found = [d for d in ((api.call("GET", f"/v2/dashboard?{query}") or {}).get("results") or [])
+             if d.get("name") == dashboard["name"]]
+    if found:
+        api.call("PUT", f"/v2/dashboard/{found[0]['id']}", body=dict(dashboard, groupId=found[0].get("groupId")))
+        return f"updated O11y dashboard {found[0]['id']} and {len(placements)} charts"
+    api.call("POST", "/v2/dashboard", body=dashboard)
+    return f"created the O11y dashboard with {len(placements)} charts"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("backend", choices=sorted(FILES))
+    parser.add_argument("--dry-run", action="store_true", help="print the requests, send none")
+    args = parser.parse_args()
+    url_var, token_var = SETTINGS[args.backend]
+    url, token = os.environ.get(url_var), os.environ.get(token_var)
+    if not url or (not token and not args.dry_run):
+        print(f"push: set {url_var} and {token_var} (an API token, from the environment)", file=sys.stderr)
+        return 2
+    with open(os.path.join(HERE, FILES[args.backend])) as fh:
+        document = json.load(fh)
+    header = {"signoz": "SIGNOZ-API-KEY", "splunk": "Authorization", "o11y": "X-SF-Token"}[args.backend]
+    value = f"Bearer {token}" if args.backend == "splunk" else (token or "")
+    api = Api(url, header, value, args.dry_run)
+    result = {"signoz": push_signoz, "splunk": push_splunk, "o11y": push_o11y}[args.backend](api, document)
+    print(("dry run: " if args.dry_run else "") + result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
