@@ -22,6 +22,8 @@ STAGE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="${TPW_ROOT:-}"
 DRY_RUN="${DRY_RUN:-0}"
 LABEL="io.tokens-per-watt.macmon-exporter"
+AGENT_LABEL="io.tokens-per-watt.otelcol-agent"
+CHANGED_AGENT=0     # the Mac-local collector agent's binary, config or plist changed
 UNIT="nvsmi-otel-exporter.service"
 CHANGED_PROGRAM=0   # exporter, env file or binary changed: a restart picks it up
 CHANGED_SERVICE=0   # plist or unit changed: the service definition must be reloaded
@@ -86,6 +88,7 @@ plan_paths() {
     DROPIN="$ROOT/etc/systemd/system/$UNIT.d/rapl-root.conf"
   fi
   UNINSTALL="$APP_DIR/uninstall.sh"
+  AGENT_PLIST="$ROOT/Library/LaunchDaemons/$AGENT_LABEL.plist"
 }
 
 # ------------------------------------------------------------------ checks
@@ -154,6 +157,10 @@ write_uninstall() {
     if [ "$TPW_KIND" = mac ]; then
       echo "launchctl bootout \"$(launchd_domain)/$LABEL\" 2>/dev/null || true"
       echo "rm -f \"$SERVICE_FILE\""
+      if [ -f "$STAGE/otelcol-contrib" ]; then
+        echo "launchctl bootout \"system/$AGENT_LABEL\" 2>/dev/null || true"
+        echo "rm -f \"$AGENT_PLIST\""
+      fi
       echo "rm -rf \"$LOG_DIR\""
     else
       echo "systemctl disable --now $UNIT 2>/dev/null || true"
@@ -174,13 +181,13 @@ write_uninstall() {
 # and sign only when `codesign --verify --strict` fails. Re-signing a binary that verifies would
 # change its cdhash and lose its Local Network grant.
 install_signed_binary() {
-  local src="$1" dest="$2" marker="$2.source-sha256"
+  local src="$1" dest="$2" flag="$3" marker="$2.source-sha256"
   local want
   want="$(sha256_of "$src")"
   if [ ! -f "$dest" ] || [ "$(cat "$marker" 2>/dev/null)" != "$want" ]; then
     # Compare with the source hash recorded at install: signing rewrites the installed file.
     say "update $dest"
-    CHANGED_PROGRAM=1
+    eval "$flag=1"
     if [ "$DRY_RUN" != 1 ]; then
       mkdir -p "$(dirname "$dest")"
       cp "$src" "$dest.tpw-new" && chmod 0755 "$dest.tpw-new" && mv -f "$dest.tpw-new" "$dest"
@@ -193,6 +200,25 @@ install_signed_binary() {
   else
     say "signing $dest (ad hoc)"
     run codesign --force --sign - "$dest"
+  fi
+}
+
+# The Mac-local collector agent: a LaunchDaemon, so macOS Local Network privacy never applies.
+install_agent() {
+  local rendered="$STAGE/agent.rendered"
+  [ -n "${TPW_GATEWAY:-}" ] || err "the Mac-local agent needs TPW_GATEWAY (the gateway URL)"
+  install_signed_binary "$STAGE/otelcol-contrib" "$APP_DIR/otelcol-contrib" CHANGED_AGENT
+  install_file "$STAGE/agent-mac.yaml" "$APP_DIR/otelcol-agent.yaml" 0644 CHANGED_AGENT
+  sed -e "s|__BINARY__|$APP_DIR/otelcol-contrib|g" -e "s|__CONFIG__|$APP_DIR/otelcol-agent.yaml|g" \
+      -e "s|__GATEWAY__|$TPW_GATEWAY|g" -e "s|__APP_DIR__|$APP_DIR|g" -e "s|__LOG_DIR__|$LOG_DIR|g" \
+      -e "s|__USER__|${TPW_SSH_USER:-$(id -un)}|g" "$STAGE/$AGENT_LABEL.plist" > "$rendered"
+  local plist_changed=0
+  install_file "$rendered" "$AGENT_PLIST" 0644 plist_changed
+  if [ "$plist_changed" = 1 ] || ! launchctl print "system/$AGENT_LABEL" >/dev/null 2>&1; then
+    LABEL="$AGENT_LABEL" SERVICE_FILE="$AGENT_PLIST" TPW_MODE=daemon launchd_reload
+  elif [ "$CHANGED_AGENT" = 1 ]; then
+    say "launchctl: restart $AGENT_LABEL"
+    run launchctl kickstart -k "system/$AGENT_LABEL"
   fi
 }
 
@@ -272,9 +298,7 @@ do_install() {
       say "remove $DROPIN"; CHANGED_SERVICE=1; run rm -f "$DROPIN"
     fi
   fi
-  if [ -f "$STAGE/otelcol-contrib" ]; then
-    install_signed_binary "$STAGE/otelcol-contrib" "$APP_DIR/otelcol-contrib"
-  fi
+  if [ -f "$STAGE/otelcol-contrib" ]; then install_agent; fi
   local uninstall_changed=0  # the uninstall script changing is no reason to restart
   install_file "$(write_uninstall)" "$UNINSTALL" 0755 uninstall_changed
   : "$uninstall_changed"

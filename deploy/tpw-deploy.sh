@@ -9,9 +9,10 @@
 #   DRY_RUN=1       print what would be done on the host, change nothing
 #   SSH             ssh command (default ssh)
 #   SSH_OPTS        extra ssh options, e.g. "-p 2222 -i ~/.ssh/lab"
-#   OTELCOL_BINARY  a local otelcol-contrib binary to install next to a Mac's exporter; it is
-#                   replaced only when its sha256 changed, and ad-hoc signed only when
-#                   `codesign --verify --strict` fails
+#   OTELCOL_BINARY  a local otelcol-contrib binary to run on a Mac as the Mac-local agent
+#                   (otelcol/agent-mac.yaml, a LaunchDaemon); it is replaced only when its sha256
+#                   changed, and ad-hoc signed only when `codesign --verify --strict` fails
+#   TPW_GATEWAY     with OTELCOL_BINARY: the gateway the agent forwards to
 #   TPW_HEALTH_URL, TPW_METRICS_URL, TPW_HEALTH_WAIT, TPW_REQUIRE_TRAFFIC, TPW_TRAFFIC_WAIT
 #                   passed to the collector rollout (see deploy/collector-rollout.sh)
 #   VERIFY_ENV_FILE mode-0600 file with the backend API settings for verify (otelcol/verify.env.example)
@@ -97,7 +98,9 @@ stage_files() {
               "$TOP/plists/io.tokens-per-watt.macmon-exporter.daemon.plist")
       if [ -n "${OTELCOL_BINARY:-}" ]; then
         [ -f "$OTELCOL_BINARY" ] || err "OTELCOL_BINARY=$OTELCOL_BINARY is not a file"
+        [ -n "${TPW_GATEWAY:-}" ] || err "OTELCOL_BINARY needs TPW_GATEWAY, the gateway the Mac-local agent forwards to (http://ai-stack:4318)"
         cp "$OTELCOL_BINARY" "$local_stage/otelcol-contrib" || err "cannot read $OTELCOL_BINARY"
+        files+=("$TOP/otelcol/agent-mac.yaml" "$TOP/plists/io.tokens-per-watt.otelcol-agent.plist")
       fi ;;
     linux)
       files+=("$TOP/exporters/nvsmi-otel-exporter.py" "$TOP/units/nvsmi-otel-exporter.service"
@@ -135,6 +138,7 @@ run_remote() {
   local action="$1" stage="$2" rc=0
   ssh_host "env TPW_KIND=$HOST_KIND TPW_MODE=$HOST_MODE TPW_ENDPOINT=$HOST_ENDPOINT TPW_CLUSTER=$HOST_CLUSTER" \
     "TPW_ENVIRONMENT=$HOST_ENVIRONMENT DRY_RUN=$DRY_RUN TPW_ROOT=${TPW_REMOTE_ROOT:-} TPW_PATH_PREPEND=${TPW_REMOTE_PATH:-}" \
+    "TPW_GATEWAY=${TPW_GATEWAY:-}" \
     "bash '$stage/remote-install.sh' $action; rc=\$?; rm -rf '$stage'; exit \$rc" || rc=$?
   return "$rc"
 }

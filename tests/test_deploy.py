@@ -71,13 +71,19 @@ def test_unit_names_each_directive_near_nvidia_smi():
 def test_plists_parse_with_required_keys_and_no_secret(path):
     with open(path, "rb") as fh:
         plist = plistlib.load(fh)
-    assert plist["Label"] == LABEL
+    agent = "otelcol-agent" in path
+    assert plist["Label"] == ("io.tokens-per-watt.otelcol-agent" if agent else LABEL)
+    assert os.path.basename(path).startswith(plist["Label"])
     assert plist["KeepAlive"] == {"SuccessfulExit": False, "Crashed": True}
     assert plist["ThrottleInterval"] >= 10 and plist["ProcessType"] == "Background" and plist["RunAtLoad"]
-    assert plist["ProgramArguments"][2] == "--env-file"
-    assert "EnvironmentVariables" not in plist  # settings and tokens live in the 0600 env file
+    if agent:
+        assert plist["ProgramArguments"] == ["__BINARY__", "--config=__CONFIG__"]
+        assert set(plist["EnvironmentVariables"]) == {"TPW_GATEWAY_ENDPOINT"}  # an address, not a secret
+    else:
+        assert plist["ProgramArguments"][2] == "--env-file"
+        assert "EnvironmentVariables" not in plist  # settings and tokens live in the 0600 env file
     assert "__LOG_DIR__" in plist["StandardErrorPath"]
-    if "daemon" in path:
+    if "daemon" in path or agent:
         assert plist["UserName"] == "__USER__"
     text = open(path).read().lower()
     for word in ("token=", "x-sf-token", "signoz-ingestion-key=", "authorization", "password"):
@@ -198,25 +204,42 @@ def test_mac_daemon_runs_as_the_user_in_the_system_domain(lab):
     assert "TPW_ENVIRONMENT" not in (lab.remote_root / "usr/local/lib/tokens-per-watt/exporter.env").read_text()
 
 
-def test_collector_binary_is_signed_only_when_needed(lab, tmp_path):
+def test_mac_local_agent_and_collector_binary_signed_only_when_needed(lab, tmp_path):
     binary = tmp_path / "otelcol-contrib"
     binary.write_bytes(b"\x7fELF fake otelcol-contrib v0.140.0\n")
-    installed = lab.remote_root / "root/Library/Application Support/tokens-per-watt/otelcol-contrib"
-    assert lab.make("deploy", "mac-agent", OTELCOL_BINARY=str(binary)).returncode == 0
+    app = lab.remote_root / "root/Library/Application Support/tokens-per-watt"
+    installed = app / "otelcol-contrib"
+    agent = f"{lab.remote_root}/Library/LaunchDaemons/io.tokens-per-watt.otelcol-agent.plist"
+    env = {"OTELCOL_BINARY": str(binary), "TPW_GATEWAY": "http://192.168.1.10:4318"}
+    result = lab.make("deploy", "mac-agent", **env)
+    assert result.returncode == 0, result.stdout + result.stderr
     calls = lab.calls()
     assert f"codesign --verify --strict {installed}" in calls and f"codesign --force --sign - {installed}" in calls
+    assert f"launchctl bootstrap system {agent}" in calls
+    with open(agent, "rb") as fh:
+        plist = plistlib.load(fh)
+    assert plist["ProgramArguments"] == [str(installed), f"--config={app}/otelcol-agent.yaml"]
+    assert plist["EnvironmentVariables"] == {"TPW_GATEWAY_ENDPOINT": "http://192.168.1.10:4318"}
+    assert (app / "otelcol-agent.yaml").read_text() == open(os.path.join(ROOT, "otelcol", "agent-mac.yaml")).read()
     signed = installed.read_bytes()
 
-    again = lab.make("deploy", "mac-agent", OTELCOL_BINARY=str(binary))
+    again = lab.make("deploy", "mac-agent", **env)
     calls = lab.calls()
     assert again.returncode == 0 and "not re-signing" in again.stdout
     assert [c for c in calls if c.startswith("codesign")] == [f"codesign --verify --strict {installed}"]
     assert installed.read_bytes() == signed and "no change: nothing restarted" in again.stdout
+    assert changing(calls) == []
 
     binary.write_bytes(b"\x7fELF fake otelcol-contrib v0.141.0\n")
-    lab.make("deploy", "mac-agent", OTELCOL_BINARY=str(binary))
+    lab.make("deploy", "mac-agent", **env)
     calls = lab.calls()
     assert f"codesign --force --sign - {installed}" in calls and b"v0.141.0" in installed.read_bytes()
+    assert "launchctl kickstart -k system/io.tokens-per-watt.otelcol-agent" in calls
+
+    assert lab.make("deploy", "mac-agent", OTELCOL_BINARY=str(binary)).returncode != 0  # no TPW_GATEWAY
+    assert lab.make("undeploy", "mac-agent").returncode == 0
+    assert "launchctl bootout system/io.tokens-per-watt.otelcol-agent" in lab.calls()
+    assert lab.files() == {}
 
 
 def test_linux_deploy_status_and_undeploy(lab):
