@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -94,21 +93,6 @@ def run_cli(path, *args, env=None, timeout=30, python=None, cwd=None):
     environment.update(env or {})
     return subprocess.run([python or sys.executable, path, *args], env=environment, capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
-
-
-def no_children_named(name):
-    """True when no process with this name in its command line is left running."""
-    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
-    return not [line for line in out.splitlines() if name in line and " Z" not in line and "ps -eo" not in line]
-
-
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture(scope="session")
