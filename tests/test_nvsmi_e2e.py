@@ -241,3 +241,19 @@ def test_exits_4_when_the_driver_rejects_the_query(receiver, tmp_path):
                            f"http://127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 4
     assert 'Field "power.draw.instant" is not a valid field to query.' in done.stderr
+
+
+def test_a_query_that_hangs_is_killed_and_restarted(receiver, tmp_path):
+    """nvidia-smi can hang under load: silent for three intervals (plus start-up grace) and it is replaced."""
+    log = tmp_path / "calls"
+    exporter = start(receiver.url, "--interval", "0.2", FAKE_NVSMI_HANG="query", FAKE_NVSMI_LOG=str(log))
+
+    def loops():
+        return [line for line in log.read_text().splitlines() if '"-lms"' in line] if log.exists() else []
+
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and len(loops()) < 2:
+        time.sleep(0.2)
+    assert exporter.stop() == 0
+    assert "nvidia-smi printed nothing for 10.6s; restarting it" in exporter.stderr
+    assert len(loops()) >= 2
