@@ -55,11 +55,25 @@ def python39():
     return None
 
 
+RUNNING = []  # every exporter a test started: killed after the test, even when it failed
+
+
+@pytest.fixture(autouse=True)
+def no_exporter_left_behind():
+    yield
+    while RUNNING:
+        proc = RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 class ExporterProcess:
     """An exporter running as a child process, with its stderr collected."""
 
     def __init__(self, argv, env):
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        RUNNING.append(self.proc)
         self.stdout = self.stderr = None
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
