@@ -64,8 +64,12 @@ def no_exporter_left_behind():
     while RUNNING:
         proc = RUNNING.pop()
         if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+            proc.terminate()  # SIGTERM: the exporter stops its own source child
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
 
 
 class ExporterProcess:
