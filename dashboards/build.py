@@ -134,8 +134,9 @@ def builder(name, metric, time_agg, space_agg, filters="", group_by=(), temporal
     return {"queryName": name, "expression": name, "dataSource": "metrics", "disabled": disabled,
             "aggregations": [{"metricName": metric, "temporality": temporality, "timeAggregation": time_agg,
                               "spaceAggregation": space_agg, "reduceTo": "last"}],
-            "filter": {"expression": filters}, "groupBy": [{"key": g, "dataType": "string", "type": "tag"}
-                                                           for g in group_by],
+            "filter": {"expression": filters}, "source": "",
+            "groupBy": [{"key": g, "dataType": "string", "type": "tag", "id": f"{g}--string--tag",
+                         "isColumn": False, "isJSON": False} for g in group_by],
             "functions": [], "having": {"expression": ""}, "legend": "{{" + group_by[0] + "}}" if group_by else "",
             "orderBy": [], "limit": None, "stepInterval": 60}
 
@@ -351,9 +352,10 @@ def build_signoz(layout):
     x = {}
     for p in layout:
         row_x = x.get(p["row"], 0)
-        grid.append({"i": p["id"], "x": row_x, "y": (p["row"] - 1) * 6, "w": p["width"], "h": 6})
+        grid.append({"i": p["id"], "x": row_x, "y": (p["row"] - 1) * 6, "w": p["width"], "h": 6,
+                     "moved": False, "static": False})
         x[p["row"]] = (row_x + p["width"]) % 12
-        query = {"queryType": "builder", "clickhouse_sql": [], "promql": [],
+        query = {"id": f"query-{p['id']}", "queryType": "builder", "clickhouse_sql": [], "promql": [],
                  "builder": {"queryData": [], "queryFormulas": [], "queryTraceOperator": []}}
         if "sql" in p["signoz"]:
             query["queryType"] = "clickhouse_sql"
@@ -364,16 +366,17 @@ def build_signoz(layout):
                         "yAxisUnit": p["unit"], "timePreferance": "GLOBAL_TIME", "opacity": "1", "nullZeroValues":
                         "zero" if p["kind"] == "value" else "", "isStacked": False, "query": query})
     variables = {}
-    for name, kind, default, what in VARIABLES:
+    for order, (name, kind, default, what) in enumerate(VARIABLES):
+        common = {"id": name, "key": name, "name": name, "description": what, "order": order, "sort": "DISABLED",
+                  "customValue": "", "queryValue": "", "defaultValue": default if kind == "text" else "",
+                  "allSelected": kind != "text" and name in ("cluster", "host", "model")}
         if kind == "text":
-            variables[name] = {"id": name, "name": name, "description": what, "type": "TEXTBOX",
-                               "textboxValue": default, "selectedValue": default, "sort": "DISABLED",
-                               "multiSelect": False, "showALLOption": False}
+            variables[name] = dict(common, type="TEXTBOX", textboxValue=default, selectedValue=default,
+                                   multiSelect=False, showALLOption=False)
         else:
-            variables[name] = {"id": name, "name": name, "description": what, "type": "DYNAMIC",
-                               "dynamicVariablesAttribute": default, "dynamicVariablesSource": "Metrics",
-                               "sort": "ASC", "multiSelect": name in ("cluster", "host", "model"),
-                               "showALLOption": name in ("cluster", "host", "model"), "selectedValue": None}
+            multi = name in ("cluster", "host", "model")
+            variables[name] = dict(common, type="DYNAMIC", textboxValue="", dynamicVariablesAttribute=default,
+                                   dynamicVariablesSource="All telemetry", multiSelect=multi, showALLOption=multi)
     return {"title": TITLE, "description": __doc__.split("\n\n")[1].replace("\n", " "),
             "tags": ["tokens-per-watt", "llm", "power"], "version": "v5", "variables": variables,
             "layout": grid, "panelMap": {}, "uploadedGrafana": False, "widgets": widgets}

@@ -88,12 +88,42 @@ def test_every_efficiency_panel_names_its_boundary():
             assert "boundary" in widget["description"]
 
 
+# Key sets of a public example, SigNoz/dashboards nvidia-dcgm/nvidia-dcgm.json (classic, version v5):
+# what an importable dashboard, layout item, variable, widget, query and builder query carry.
+EXAMPLE_SIGNOZ = {
+    "dashboard": {"title", "description", "tags", "layout", "panelMap", "uploadedGrafana", "variables", "version",
+                  "widgets"},
+    "layout": {"i", "x", "y", "w", "h", "moved", "static"},
+    "variable": {"id", "key", "name", "type", "description", "multiSelect", "showALLOption", "sort", "order",
+                 "allSelected", "customValue", "defaultValue", "textboxValue", "queryValue"},
+    "widget": {"id", "panelTypes", "title", "description", "yAxisUnit", "timePreferance", "query", "opacity",
+               "nullZeroValues"},
+    "query": {"id", "queryType", "builder", "clickhouse_sql", "promql"},
+    "queryData": {"queryName", "expression", "dataSource", "disabled", "aggregations", "filter", "groupBy",
+                  "functions", "having", "legend", "orderBy", "limit", "stepInterval", "source"},
+    "aggregation": {"metricName", "temporality", "timeAggregation", "spaceAggregation", "reduceTo"},
+    "groupBy": {"key", "dataType", "type", "id", "isColumn", "isJSON"},
+}
+
+
 def test_signoz_shape():
-    """The classic format that the UI import and POST /api/v1/dashboards take (as in SigNoz/dashboards)."""
+    """The classic format that the UI import and POST /api/v1/dashboards take, key for key like a
+    public example."""
     dash = load("signoz/tokens-per-watt.json")
-    assert {"title", "description", "tags", "layout", "panelMap", "uploadedGrafana", "variables", "version",
-            "widgets"} <= set(dash)
+    assert EXAMPLE_SIGNOZ["dashboard"] <= set(dash)
     assert dash["version"] == "v5"
+    for item in dash["layout"]:
+        assert EXAMPLE_SIGNOZ["layout"] <= set(item)
+    for variable in dash["variables"].values():
+        assert EXAMPLE_SIGNOZ["variable"] <= set(variable)
+        if variable["type"] == "DYNAMIC":
+            assert variable["dynamicVariablesAttribute"] and variable["dynamicVariablesSource"]
+    for widget in dash["widgets"]:
+        assert EXAMPLE_SIGNOZ["widget"] <= set(widget) and EXAMPLE_SIGNOZ["query"] <= set(widget["query"])
+        for q in widget["query"]["builder"]["queryData"]:
+            assert EXAMPLE_SIGNOZ["queryData"] <= set(q)
+            assert all(EXAMPLE_SIGNOZ["aggregation"] <= set(a) for a in q["aggregations"])
+            assert all(EXAMPLE_SIGNOZ["groupBy"] <= set(g) for g in q["groupBy"])
     ids = {w["id"] for w in dash["widgets"]}
     assert ids == {item["i"] for item in dash["layout"]} and len(ids) == len(dash["widgets"])
     for item in dash["layout"]:
