@@ -37,6 +37,7 @@ lint: $(STAMP) ## ruff, vermin (Python 3.9 floor) and shellcheck
 .PHONY: test
 test: lint ## install the dev tools into .venv and run every check
 	$(VPY) -m pytest -q
+	@$(MAKE) --no-print-directory test-py39
 
 .PHONY: bench
 bench: $(STAMP) ## measure the exporters against the OpenTelemetry Python SDK
@@ -65,3 +66,11 @@ collector: ## roll the collector config out to HOST: validate, swap, restart, he
 
 verify: ## is data arriving? collector counters on HOST, then each backend's API (otelcol/verify.env.example)
 	@deploy/tpw-deploy.sh verify "$(HOST)"
+
+.PHONY: test-py39
+test-py39: $(STAMP) ## the end-to-end tests again with the exporters on Python 3.9 (macOS's /usr/bin/python3)
+	@py39=$$($(VPY) -c 'import sys; sys.path.insert(0, "tests"); import conftest; print(conftest.python39() or "")'); \
+	if [ -z "$$py39" ]; then echo "test-py39: no Python 3.9 on this machine; skipped"; exit 0; fi; \
+	echo "exporters on $$py39"; \
+	TPW_TEST_PYTHON=$$py39 $(VPY) -m pytest -q -m "not slow" tests/test_macmon_cli.py tests/test_delivery.py \
+	  tests/test_nvsmi_e2e.py tests/test_rotel_e2e.py

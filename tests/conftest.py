@@ -20,6 +20,9 @@ FAKE_MACMON = os.path.join(TOOLS, "fake-macmon")
 FAKE_NVSMI = os.path.join(TOOLS, "fake-nvidia-smi")
 MACMON_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "macmon")
 CAPTURES = os.path.normpath(os.path.join(ROOT, "..", "shared", "captures", "nvidia-smi"))
+# The interpreter the exporters run under in the tests: TPW_TEST_PYTHON=python3.9 runs the same
+# tests against the oldest supported Python (make test-py39).
+EXPORTER_PYTHON = os.environ.get("TPW_TEST_PYTHON") or sys.executable
 
 
 def load_module(path, name):
@@ -47,11 +50,15 @@ def receiver():
 
 
 def python39():
-    """The oldest supported interpreter when this machine has it (macOS ships 3.9.6)."""
-    found = shutil.which("python3.9")
-    if found and subprocess.run([found, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
-                                capture_output=True).returncode == 0:
-        return found
+    """The oldest supported interpreter when this machine has one (macOS ships 3.9.6): on PATH, or
+    a pyenv build (pyenv's shim answers "command not found" unless 3.9 is selected)."""
+    import glob
+    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
+    candidates = [shutil.which("python3.9")] + pyenv
+    for found in filter(None, candidates):
+        check = subprocess.run([found, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"], capture_output=True)
+        if check.returncode == 0:
+            return found
     return None
 
 
@@ -101,7 +108,7 @@ def start_macmon_exporter(endpoint, *extra, env=None, fake_env=None, python=None
     environment.update({"FAKE_MACMON_SPEED": "10", "TPW_SELF_REPORT_INTERVAL": "1"})
     environment.update(fake_env or {})
     environment.update(env or {})
-    argv = [python or sys.executable, MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--interval", "1",
+    argv = [python or EXPORTER_PYTHON, MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--interval", "1",
             "--endpoint", endpoint, *extra]
     return ExporterProcess(argv, environment)
 
@@ -109,7 +116,7 @@ def start_macmon_exporter(endpoint, *extra, env=None, fake_env=None, python=None
 def run_cli(path, *args, env=None, timeout=30, python=None, cwd=None):
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
     environment.update(env or {})
-    return subprocess.run([python or sys.executable, path, *args], env=environment, capture_output=True,
+    return subprocess.run([python or EXPORTER_PYTHON, path, *args], env=environment, capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
 
 
