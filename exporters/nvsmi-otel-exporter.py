@@ -857,6 +857,9 @@ class OtlpHttpClient:
             if type(exc).__name__.startswith("SSL"):
                 return Outcome("retry", f"TLS error: {getattr(exc, 'reason', None) or exc}", status="tls")
             return Outcome("retry", describe_network_error(exc), status=network_error_type(exc))
+        except ValueError as exc:  # a length or chunk size that is not a number
+            self.close()
+            return Outcome("retry", f"malformed HTTP response from the collector ({exc})", status="bad_response")
 
     def read_response(self):
         """(status, {lower-case header: value}, body) of one HTTP/1.x response."""
@@ -945,19 +948,30 @@ class Sender(threading.Thread):
 
     def run(self):
         while True:
-            if self.stopping.is_set() and (not len(self.buffer) or time.monotonic() >= self.deadline):
-                return
-            batch = self.buffer.take(self.batch_max, 60.0)  # add() and stop() wake it sooner
-            if not batch:
-                continue
-            done, outcome = self.deliver(batch)
-            self.buffer.commit(done)
-            if outcome.kind == "retry":
-                self.wait_before_retry(outcome)
-                continue
-            self.backoff = BACKOFF_FIRST_S
-            if self.outage_since is not None and not len(self.buffer):
-                self.end_outage()
+            try:
+                if not self.run_once():
+                    return
+            except Exception:  # a bug must not silently stop delivery: log it, keep the samples, go on
+                LOG.exception("sender: unexpected error (please report it); retrying in 5 s")
+                self.buffer.release()
+                self.stopping.wait(5)
+
+    def run_once(self):
+        """Send one batch (or wait for one). False when the sender should end."""
+        if self.stopping.is_set() and (not len(self.buffer) or time.monotonic() >= self.deadline):
+            return False
+        batch = self.buffer.take(self.batch_max, 60.0)  # add() and stop() wake it sooner
+        if not batch:
+            return True
+        done, outcome = self.deliver(batch)
+        self.buffer.commit(done)
+        if outcome.kind == "retry":
+            self.wait_before_retry(outcome)
+            return True
+        self.backoff = BACKOFF_FIRST_S
+        if self.outage_since is not None and not len(self.buffer):
+            self.end_outage()
+        return True
 
     def remaining(self):
         if self.deadline is None:
@@ -1445,7 +1459,7 @@ def on_link_private(address, ifconfig_text):
 
 LOCAL_NETWORK_HINT = ("macOS Local Network privacy is blocking this process from reaching {addr} on the local "
                       "subnet (macOS 15+ blocks LaunchAgents silently). Fix: run the exporter as a LaunchDaemon "
-                      "(make deploy ... MODE=daemon), or send to a collector on 127.0.0.1 that forwards.")
+                      "(mode daemon in deploy/hosts), or send to a collector on 127.0.0.1 that forwards.")
 
 
 class CheckReport:

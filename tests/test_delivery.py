@@ -328,3 +328,30 @@ def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
     assert len(times) == delivered and len(set(times)) == len(times)
     quarter = max(1, len(rss) // 4)
     assert max(rss[-quarter:]) <= max(rss[:quarter]) * 1.25 + 4096, rss
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",   # a chunk size that is not hex
+    b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n{}",             # a length that is not a number
+    b"SSH-2.0-OpenSSH_9.2\r\n",                                       # not HTTP at all
+    b"",                                                              # closed without a word
+])
+def test_malformed_collector_answers_are_retried_not_raised(macmon_mod, answer):
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def serve():
+        for _ in range(2):  # the first attempt and the one immediate retry on a fresh connection
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = macmon_mod.OtlpHttpClient(f"http://127.0.0.1:{server.getsockname()[1]}/v1/metrics", {}, 5, "none", None)
+    outcome = client.post('{"resourceMetrics":[]}')
+    server.close()
+    assert outcome.kind == "retry" and outcome.detail
