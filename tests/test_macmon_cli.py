@@ -215,3 +215,11 @@ def test_resource_precedence(macmon_mod, monkeypatch):
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=%zz-broken-but-tolerated,=x")
     attrs = macmon_mod.resource_attributes(argparse.Namespace(cluster=None, environment=None, resource=[]))
     assert attrs["cluster"] == "mac-exo" and "team" not in attrs
+
+
+def test_readme_configuration_table_lists_every_setting(macmon_mod, nvsmi_mod):
+    readme = open(os.path.join(os.path.dirname(MACMON_EXPORTER), "..", "README.md")).read()
+    table = readme.split("### Configuration", 1)[1].split("###", 1)[0]
+    for module in (macmon_mod, nvsmi_mod):
+        for flag, env, default, _ in module.Source.SETTINGS + module.SHARED_SETTINGS:
+            assert f"`{flag}`" in table and f"`{env}`" in table, (flag, env)
