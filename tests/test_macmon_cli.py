@@ -1,6 +1,7 @@
 """The macmon exporter through its command line, as a user meets it."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -221,5 +222,16 @@ def test_readme_configuration_table_lists_every_setting(macmon_mod, nvsmi_mod):
     readme = open(os.path.join(os.path.dirname(MACMON_EXPORTER), "..", "README.md")).read()
     table = readme.split("### Configuration", 1)[1].split("###", 1)[0]
     for module in (macmon_mod, nvsmi_mod):
-        for flag, env, default, _ in module.Source.SETTINGS + module.SHARED_SETTINGS:
+        for flag, env, _default, _ in module.Source.SETTINGS + module.SHARED_SETTINGS:
             assert f"`{flag}`" in table and f"`{env}`" in table, (flag, env)
+
+
+def test_exporter_none_reads_but_sends_nothing(receiver):
+    import time
+
+    from conftest import start_macmon_exporter
+    exporter = start_macmon_exporter(receiver.url, env={"OTEL_METRICS_EXPORTER": "none"})
+    time.sleep(2)
+    assert exporter.stop() == 0
+    assert receiver.requests == []
+    assert "exporter none" in exporter.stderr and re.search(r"samples read [1-9]", exporter.stderr)
