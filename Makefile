@@ -30,7 +30,8 @@ venv: $(STAMP) ## create .venv with the pinned dev tools
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, vermin (Python 3.9 floor) and shellcheck
-	$(VENV)/bin/ruff check exporters tests deploy dashboards
+	$(VENV)/bin/ruff check exporters tests deploy dashboards tests/tools/fake-macmon tests/tools/fake-nvidia-smi \
+	  tests/tools/remote-bin/*
 	$(VENV)/bin/vermin --target=3.9- --violations --no-tips --eval-annotations $(EXPORTERS)
 	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 

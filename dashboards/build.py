@@ -152,29 +152,22 @@ def panels():
                         unit=unit, signoz=signoz, spl=spl, flow=flow))
 
     # 1. headline tiles per cluster
-    for cluster, prefix, power, gpu in (("mac-exo", "mac", "mac.power.system", None),
-                                        ("nvidia", "nv", "gpu.power.board", "gpu.uuid")):
-        add(1, 2, f"{prefix}_hosts", f"{cluster}: hosts reporting", "hosts with a sample in the last 10 minutes",
-            "value", "none", {"sql": ch_distinct(power if cluster == "mac-exo" else "gpu.power.board", "host.name",
-                                                   cluster)},
-            f'| mstats count("{power}") WHERE index={INDEX} cluster="{cluster}" earliest=-10m BY host '
-            f"| stats dc(host) AS value",
-            f"data('{power}', filter=filter('cluster', '{cluster}')).count(by=['host.name'])"
-            f".count().publish(label='hosts')")
-        if gpu:
-            add(1, 2, f"{prefix}_gpus", f"{cluster}: GPUs reporting", "distinct gpu.uuid in the last 10 minutes",
-                "value", "none", {"sql": ch_distinct("gpu.power.board", "gpu.uuid", cluster)},
-                f'| mstats count("gpu.power.board") WHERE index={INDEX} cluster="{cluster}" earliest=-10m '
-                f'BY "gpu.uuid" | stats dc("gpu.uuid") AS value',
-                f"data('gpu.power.board', filter=filter('cluster', '{cluster}')).count(by=['gpu.uuid'])"
-                f".count().publish(label='GPUs')")
-        else:
-            add(1, 2, f"{prefix}_gpus", f"{cluster}: GPUs reporting", "one integrated GPU per Mac",
-                "value", "none", {"sql": ch_distinct("mac.power.gpu", "host.name", cluster)},
-                f'| mstats count("mac.power.gpu") WHERE index={INDEX} cluster="{cluster}" earliest=-10m BY host '
-                f"| stats dc(host) AS value",
-                f"data('mac.power.gpu', filter=filter('cluster', '{cluster}')).count(by=['host.name'])"
-                f".count().publish(label='GPUs')")
+    # cluster, id prefix, power metric, GPU metric, what tells GPUs apart, and how that reads
+    clusters = (("mac-exo", "mac", "mac.power.system", "mac.power.gpu", "host.name", "one integrated GPU per Mac"),
+                ("nvidia", "nv", "gpu.power.board", "gpu.power.board", "gpu.uuid",
+                 "distinct gpu.uuid in the last 10 minutes"))
+    for cluster, prefix, power, gpu_metric, gpu_key, gpu_text in clusters:
+        for pid, title, metric, key, text, label in (
+                ("hosts", "hosts reporting", power, "host.name", "hosts with a sample in the last 10 minutes",
+                 "hosts"),
+                ("gpus", "GPUs reporting", gpu_metric, gpu_key, gpu_text, "GPUs")):
+            spl_key = "host" if key == "host.name" else f'"{key}"'  # HEC maps host.name to host
+            add(1, 2, f"{prefix}_{pid}", f"{cluster}: {title}", text, "value", "none",
+                {"sql": ch_distinct(metric, key, cluster)},
+                f'| mstats count("{metric}") WHERE index={INDEX} cluster="{cluster}" earliest=-10m BY {spl_key} '
+                f"| stats dc({spl_key}) AS value",
+                f"data('{metric}', filter=filter('cluster', '{cluster}')).count(by=['{key}'])"
+                f".count().publish(label='{label}')")
         watts_label = "whole Macs (mac.power.system)" if cluster == "mac-exo" else "GPU boards (gpu.power.board)"
         add(1, 2, f"{prefix}_watts", f"{cluster}: watts now", watts_label, "value", "watt",
             {"builder": [builder("A", power, "avg", "sum", f"cluster = '{cluster}'")]},

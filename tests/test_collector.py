@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,9 +123,7 @@ def test_litellm_excerpt():
 class Gateway(Lab):
     def __init__(self, tmp_path, sshd):
         super().__init__(tmp_path, sshd)
-        shutil_copy = __import__("shutil").copy
-        shutil_copy(os.path.join(ROOT, "tests", "tools", "remote-bin", "otelcol-contrib"), self.fakes / "bin")
-        shutil_copy(os.path.join(ROOT, "tests", "tools", "remote-bin", "systemctl"), self.fakes / "bin")
+        shutil.copy(os.path.join(ROOT, "tests", "tools", "remote-bin", "otelcol-contrib"), self.fakes / "bin")
         unit = self.remote_root / "lib/systemd/system/otelcol-contrib.service"
         unit.parent.mkdir(parents=True)
         unit.write_text("[Service]\nEnvironmentFile=/etc/otelcol-contrib/otelcol-contrib.conf\n")
@@ -354,7 +353,6 @@ def test_verify_tells_failing_from_silent_drop():
 def test_verify_nothing_sent_and_skipped_backends():
     backends = Backends({"signoz": False, "splunk": True, "o11y": True})
     try:
-        values = {"splunk_sent": 0}
         text = COLLECTOR_PAGE.replace("21054", "0")
         for key, value in {"splunk_sent": 0, "splunk_failed": 0, "splunk_queue": 0}.items():
             text = text.replace("{" + key + "}", str(value))
@@ -363,7 +361,6 @@ def test_verify_nothing_sent_and_skipped_backends():
         env.update(SIGNOZ_API_URL=backends.url, SIGNOZ_API_KEY="k")
         result = subprocess.run([sys.executable, os.path.join(ROOT, "deploy", "tpw-verify.py"), "--metrics-url",
                                  backends.url + "/metrics"], env=env, capture_output=True, text=True, timeout=60)
-        del values
     finally:
         backends.stop()
     got = lines(result)
