@@ -51,7 +51,8 @@ VARIABLES = [  # name, kind, default, what it filters
 
 # ---------------------------------------------------------------- query builders per backend
 
-SPL_DIMENSIONS = {"gpu.energy": 'host "gpu.uuid"', "host.energy.cpu": 'host "rapl.zone"'}
+SPL_DIMENSIONS = {"gpu.energy": 'host "gpu.uuid"', "gpu.power.board": 'host "gpu.uuid"',
+                  "host.energy.cpu": 'host "rapl.zone"'}  # anything else: BY host
 
 
 def spl_energy(metrics, cluster):
@@ -171,8 +172,8 @@ def panels():
         watts_label = "whole Macs (mac.power.system)" if cluster == "mac-exo" else "GPU boards (gpu.power.board)"
         add(1, 2, f"{prefix}_watts", f"{cluster}: watts now", watts_label, "value", "watt",
             {"builder": [builder("A", power, "avg", "sum", f"cluster = '{cluster}'")]},
-            f'| mstats avg("{power}") AS w WHERE index={INDEX} cluster="{cluster}" earliest=-2m BY host '
-            f'"gpu.uuid" | stats sum(w) AS value',
+            f'| mstats avg("{power}") AS w WHERE index={INDEX} cluster="{cluster}" earliest=-2m '
+            f'BY {SPL_DIMENSIONS.get(power, "host")} | stats sum(w) AS value',
             f"data('{power}', filter=filter('cluster', '{cluster}')).mean(over='1m').sum().publish(label='W')")
         model_var = TOKENS[cluster][1]
         add(1, 2, f"{prefix}_tps", f"{cluster}: output tokens/s now", "LiteLLM output tokens of the cluster's model",

@@ -392,3 +392,13 @@ def test_dry_run_prints_requests_and_sends_none(api):
 def test_missing_token_is_a_clear_error(api):
     result = push("o11y", api, O11Y_API_TOKEN="")
     assert result.returncode == 2 and "set O11Y_API_URL and O11Y_API_TOKEN" in result.stderr
+
+
+def test_splunk_never_splits_mac_series_by_gpu_or_rapl_dimensions():
+    """mstats drops points that lack a BY field: a Mac series split by gpu.uuid would vanish."""
+    for ds in load("splunk-enterprise/tokens-per-watt.json")["dataSources"].values():
+        for segment in re.findall(r"\| mstats ([^|\]]*)", ds["options"]["query"]):
+            metrics = re.findall(r'\("([^"]+)"\)', segment)
+            by = segment.split(" BY ", 1)[1] if " BY " in segment else ""
+            if any(m.startswith("mac.") for m in metrics):
+                assert not re.search(r"gpu\.uuid|gpu\.index|rapl\.zone", by), (ds["name"], segment)
