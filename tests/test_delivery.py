@@ -344,8 +344,13 @@ def test_malformed_collector_answers_are_retried_not_raised(macmon_mod, answer):
     server.listen(4)
 
     def serve():
-        for _ in range(2):  # the first attempt and the one immediate retry on a fresh connection
-            conn, _ = server.accept()
+        # Answer every connection (the first attempt, and a retry if there is one) until the test
+        # closes the listening socket.
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
             conn.recv(65536)
             conn.sendall(answer)
             conn.close()
