@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import queue
 import random
 import re
 import select
@@ -414,16 +415,39 @@ def encode_attributes(pairs):
     return text
 
 
-def encode_point(time_ns, value, attributes=(), start_ns=0):
-    """One NumberDataPoint as JSON text: 64-bit integers as strings, value always present."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        encoded = '"asInt":"%d"}' % value
-    else:
-        encoded = '"asDouble":%r}' % float(value)
+def point_head(time_ns, attributes=(), start_ns=0):
+    """A NumberDataPoint up to its value (attributes, start, time): the points of one sample share it.
+    64-bit integers go as JSON strings."""
     head = '{"attributes":%s,' % encode_attributes(attributes) if attributes else "{"
     if start_ns:
-        return '%s"startTimeUnixNano":"%d","timeUnixNano":"%d",%s' % (head, start_ns, time_ns, encoded)
-    return '%s"timeUnixNano":"%d",%s' % (head, time_ns, encoded)
+        head += '"startTimeUnixNano":"%d",' % start_ns
+    return head + '"timeUnixNano":"%d",' % time_ns
+
+
+def encode_point(time_ns, value, attributes=(), start_ns=0):
+    """One NumberDataPoint as JSON text; the value is always present."""
+    if type(value) is int:  # not bool
+        return '%s"asInt":"%d"}' % (point_head(time_ns, attributes, start_ns), value)
+    return '%s"asDouble":%r}' % (point_head(time_ns, attributes, start_ns), float(value))
+
+
+SOURCE_GAUGES = [name for name, _unit, kind, _text in SOURCE_METRICS if kind == GAUGE]
+
+
+def encode_gauges(time_ns, readings, attributes=()):
+    """{metric name: value} of one sample -> [(metric name, data point JSON text), ...] in table
+    order. The hot path of every sample: the shared part of the points is formatted once."""
+    head = point_head(time_ns, attributes)
+    points = []
+    for name in SOURCE_GAUGES:
+        value = readings.get(name)
+        if value is None:
+            continue
+        if type(value) is int:
+            points.append((name, '%s"asInt":"%d"}' % (head, value)))
+        else:
+            points.append((name, '%s"asDouble":%r}' % (head, float(value))))
+    return points
 
 
 class MetricTable:
@@ -562,23 +586,28 @@ class Stats:
 
 class SampleBuffer:
     """Unsent samples, oldest first, bounded. The sender takes a batch from the front ("in flight")
-    and either commits it (delivered or given up on) or releases it for a retry."""
+    and either commits it (delivered or given up on) or releases it for a retry.
+
+    A sender with nothing to do sleeps on a doorbell (a C-level queue) that add() rings once:
+    cheaper per sample than a threading.Condition, whose wait and notify run in Python."""
 
     def __init__(self, max_samples, stats):
         self.max_samples = max_samples
         self.stats = stats
         self.samples = deque()
         self.in_flight = 0
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.doorbell = queue.SimpleQueue()
+        self.sender_waiting = False
         self.overflowing = False
         self.overflow_dropped = 0
 
     def __len__(self):
-        with self.cond:
+        with self.lock:
             return len(self.samples)
 
     def add(self, sample):
-        with self.cond:
+        with self.lock:
             self.samples.append(sample)
             while len(self.samples) > self.max_samples and len(self.samples) > self.in_flight:
                 # Drop the oldest sample that is not in flight, so a batch being sent stays intact.
@@ -590,18 +619,31 @@ class SampleBuffer:
                     self.overflowing = True
                     LOG.warning("buffer full (%d samples): dropping the oldest samples until the collector "
                                 "catches up; raise --buffer-max to keep more", self.max_samples)
-            self.cond.notify_all()
+            ring, self.sender_waiting = self.sender_waiting, False
+        if ring:
+            self.doorbell.put(None)
+
+    def wake(self):
+        """End a take() that is waiting (the sender is stopping). A spare ring only makes a later
+        take() return early with what there is."""
+        self.doorbell.put(None)
 
     def take(self, count, wait_s):
         """Mark up to `count` samples from the front as in flight; wait up to wait_s for one."""
-        with self.cond:
-            if not self.samples:
-                self.cond.wait(wait_s)
+        with self.lock:
+            wait = self.sender_waiting = not self.samples
+        if wait:
+            try:
+                self.doorbell.get(timeout=wait_s)
+            except queue.Empty:
+                pass
+        with self.lock:
+            self.sender_waiting = False
             self.in_flight = min(count, len(self.samples))
             return [self.samples[i] for i in range(self.in_flight)]
 
     def commit(self, count):
-        with self.cond:
+        with self.lock:
             for _ in range(min(count, self.in_flight)):
                 self.samples.popleft()
             self.in_flight = 0
@@ -609,16 +651,16 @@ class SampleBuffer:
                 self.overflowing = False
 
     def release(self):
-        with self.cond:
+        with self.lock:
             self.in_flight = 0
 
     def snapshot(self):
-        with self.cond:
+        with self.lock:
             return list(self.samples)
 
     def prepend(self, samples):
         """Samples recovered from the spool go first: they are older than anything read since."""
-        with self.cond:
+        with self.lock:
             self.samples.extendleft(reversed(samples))
             while len(self.samples) > self.max_samples:
                 self.stats.dropped("buffer_full", [self.samples.popleft()])
@@ -1064,8 +1106,7 @@ class Sender(threading.Thread):
         """Flush what remains for at most flush_s seconds, then return."""
         self.deadline = time.monotonic() + flush_s
         self.stopping.set()
-        with self.buffer.cond:
-            self.buffer.cond.notify_all()
+        self.buffer.wake()
         self.join(flush_s + 0.5)
 
 
@@ -1641,7 +1682,8 @@ def macmon_version(path):
 
 # ---------------------------------------------------------------- macmon: one line -> data points
 
-TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+MINUTE_START = {}  # "YYYY-MM-DDTHH:MM" + zone -> Unix seconds; consecutive samples share a minute
 
 
 def parse_timestamp_ns(text):
@@ -1649,37 +1691,40 @@ def parse_timestamp_ns(text):
     found = TIMESTAMP.match(text) if isinstance(text, str) else None
     if not found:
         raise ValueError(f"bad timestamp {text!r}")
-    year, month, day, hour, minute, second = (int(found.group(i)) for i in range(1, 7))
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    zone = found.group(8)
-    if zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
-    fraction = (found.group(7) or "").ljust(9, "0")
-    return seconds * 1_000_000_000 + int(fraction)
+    minute, second, fraction, zone = found.groups()
+    key = minute + zone
+    seconds = MINUTE_START.get(key)
+    if seconds is None:
+        date, _, clock = minute.partition("T")
+        year, month, day = (int(x) for x in date.split("-"))
+        hour, mins = (int(x) for x in clock.split(":"))
+        seconds = calendar.timegm((year, month, day, hour, mins, 0, 0, 0, 0))
+        if zone != "Z":
+            sign = 1 if zone[0] == "+" else -1
+            seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+        if len(MINUTE_START) > 4:
+            MINUTE_START.clear()
+        MINUTE_START[key] = seconds
+    nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    return (seconds + int(second)) * 1_000_000_000 + nanos
 
 
 def reject_constant(name):
     raise ValueError(f"non-finite number {name}")
 
 
-def number(document, *path):
-    """A finite number at a key path, or None when absent, null or not a number."""
-    value = document
-    try:
-        for key in path:
-            value = value[key]
-    except (KeyError, IndexError, TypeError):
-        return None
-    return value if finite(value) else None
+JSON_DECODER = json.JSONDecoder(parse_constant=reject_constant)  # made once: json.loads makes one per call
 
 
-def usage_ratio(document, prefix):
+def usage_ratio(document, keys):
     """Prefer *_scaled_ratio (0.8.1+), then *_usage_ratio (0.8.0), then the legacy [MHz, ratio] pair."""
-    for value in (number(document, f"{prefix}_scaled_ratio"), number(document, f"{prefix}_usage_ratio"),
-                  number(document, f"{prefix}_usage", 1)):
-        if value is not None:
+    scaled_key, usage_key, legacy_key = keys
+    for value in (document.get(scaled_key), document.get(usage_key)):
+        if finite(value):
             return float(value)
+    legacy = document.get(legacy_key)
+    if type(legacy) is list and len(legacy) > 1 and finite(legacy[1]):
+        return float(legacy[1])
     return None
 
 
@@ -1692,36 +1737,43 @@ POWER_FIELDS = [  # gauge, energy counter, macmon key
     ("mac.power.system", "mac.energy.system", "sys_power"),
     ("mac.power.gpu_ram", None, "gpu_ram_power"),
 ]
+TEMPERATURE_FIELDS = [("mac.temp.cpu", "cpu_temp_avg"), ("mac.temp.gpu", "gpu_temp_avg")]  # under "temp"
+USAGE_FIELDS = [(metric, (f"{prefix}_scaled_ratio", f"{prefix}_usage_ratio", f"{prefix}_usage"))
+                for metric, prefix in (("mac.gpu.usage", "gpu"), ("mac.cpu.ecpu_usage", "ecpu"),
+                                       ("mac.cpu.pcpu_usage", "pcpu"))]
+SWAP_FIELDS = [("mac.memory.swap_total", "swap_total"), ("mac.memory.swap_used", "swap_usage")]  # under "memory"
 
 
 def readings_from(document):
     """macmon JSON -> {metric name: value}; a missing or unreadable reading is left out, never 0."""
     readings = {}
     for gauge, _energy, key in POWER_FIELDS:
-        watts = number(document, key)
-        if watts is None or watts < 0:
-            continue
-        if key == "sys_power" and watts == 0:
-            continue  # SMC PSTR unreadable: macmon writes 0.0
-        readings[gauge] = float(watts)
-    for metric, key in (("mac.temp.cpu", "cpu_temp_avg"), ("mac.temp.gpu", "gpu_temp_avg")):
-        celsius = number(document, "temp", key)
-        if celsius is not None and celsius > 0:  # 0.0 or null: no sensor
-            readings[metric] = float(celsius)
-    for metric, prefix in (("mac.gpu.usage", "gpu"), ("mac.cpu.ecpu_usage", "ecpu"), ("mac.cpu.pcpu_usage", "pcpu")):
-        ratio = usage_ratio(document, prefix)
+        watts = document.get(key)
+        if finite(watts) and watts >= 0 and (watts or key != "sys_power"):  # sys_power 0.0: SMC PSTR unreadable
+            readings[gauge] = float(watts)
+    temp = document.get("temp")
+    if type(temp) is dict:
+        for metric, key in TEMPERATURE_FIELDS:
+            celsius = temp.get(key)
+            if finite(celsius) and celsius > 0:  # 0.0 or null: no sensor
+                readings[metric] = float(celsius)
+    for metric, keys in USAGE_FIELDS:
+        ratio = usage_ratio(document, keys)
         if ratio is not None:
             readings[metric] = ratio
-    ram_total = number(document, "memory", "ram_total")
-    if ram_total:  # 0 total RAM means macmon could not read memory (seen on new chips)
+    memory = document.get("memory")
+    if type(memory) is not dict:
+        return readings
+    ram_total = memory.get("ram_total")
+    if finite(ram_total) and ram_total:  # 0 total RAM means macmon could not read memory (seen on new chips)
         readings["mac.memory.ram_total"] = int(ram_total)
-        ram_used = number(document, "memory", "ram_usage")
-        if ram_used is not None:
+        ram_used = memory.get("ram_usage")
+        if finite(ram_used):
             readings["mac.memory.ram_used"] = int(ram_used)
-    for metric, key in (("mac.memory.swap_total", "swap_total"), ("mac.memory.swap_used", "swap_usage")):
-        value = number(document, "memory", key)
-        if value is not None and ram_total:
-            readings[metric] = int(value)
+        for metric, key in SWAP_FIELDS:
+            value = memory.get(key)
+            if finite(value):
+                readings[metric] = int(value)
     return readings
 
 
@@ -1775,9 +1827,11 @@ class Source:
         if not line.startswith("{"):
             raise ValueError("not a JSON object")
         try:
-            document = json.loads(line, parse_constant=reject_constant)
+            document, end = JSON_DECODER.raw_decode(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON ({exc.msg})")
+        if end != len(line):
+            raise ValueError("invalid JSON (extra data after the object)")
         if not isinstance(document, dict):
             raise ValueError("not a JSON object")
         time_ns = parse_timestamp_ns(document["timestamp"]) if "timestamp" in document else read_ns
@@ -1790,10 +1844,7 @@ class Source:
         interval = self.args.interval
         seconds = window_seconds(self.previous_ns, time_ns, interval)
         self.previous_ns = time_ns
-        points = []
-        for name, _unit, kind, _text in SOURCE_METRICS:
-            if kind == GAUGE and name in readings:
-                points.append((name, encode_point(time_ns, readings[name])))
+        points = encode_gauges(time_ns, readings)
         for gauge, energy, _key in POWER_FIELDS:
             if energy is None or gauge not in readings:
                 continue

@@ -1,10 +1,14 @@
 """Every macmon output format from v0.4.0 to today parses by key into the fixed series."""
 import argparse
+import calendar
 import json
 import os
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import MACMON_FIXTURES
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def parse(mod, line, interval=1.0, read_ns=1_700_000_000_000_000_000, source=None):
@@ -155,3 +159,26 @@ def test_command_uses_raw_before_042_and_pipe_after(macmon_mod):
     assert source.command(5) == ["/opt/homebrew/bin/macmon", "-i", "5000", "pipe"]
     source.version = None
     assert source.command(0.1)[-2:] == ["100", "pipe"]
+
+
+def stamp_text(local, offset_minutes, digits, nanos):
+    text = local.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + f"{nanos:09d}"[:digits]
+    sign = "+" if offset_minutes >= 0 else "-"
+    return text + f"{sign}{abs(offset_minutes) // 60:02d}:{abs(offset_minutes) % 60:02d}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)),
+       offsets=st.lists(st.integers(-14 * 4, 14 * 4).map(lambda q: q * 15), min_size=1, max_size=3),
+       digits=st.sampled_from([0, 3, 6, 9]))
+def test_timestamps_agree_with_datetime(macmon_mod, moment, offsets, digits):
+    """The per-minute cache in parse_timestamp_ns must give what a full conversion gives, also for
+    the same wall-clock minute read in different zones one after the other."""
+    nanos = moment.microsecond * 1000 + (123 if digits == 9 else 0)
+    expected_nanos = int(f"{nanos:09d}"[:digits].ljust(9, "0")) if digits else 0
+    for offset_minutes in offsets:
+        local = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+        expected = calendar.timegm(local.astimezone(timezone.utc).timetuple()) * 10**9 + expected_nanos
+        assert macmon_mod.parse_timestamp_ns(stamp_text(local, offset_minutes, digits, nanos)) == expected

@@ -148,13 +148,15 @@ def main():
     parser.add_argument("--samples", type=int, default=800, help="samples per run (default 800)")
     parser.add_argument("--runs", type=int, default=3, help="runs per configuration; medians are reported")
     parser.add_argument("--idle-seconds", type=int, default=40, help="real-time window for the 5 s interval check")
+    parser.add_argument("--only", choices=sorted(EXPORTERS), action="append",
+                        help="bench only this exporter (repeatable; default: all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results", "bench.json"))
     args = parser.parse_args()
     results = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
                           f"Python {platform.python_version()}", "runs": args.runs, "samples": args.samples,
                "exporters": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in EXPORTERS:
+        for kind in args.only or EXPORTERS:
             runs = {"exporter": [], "sdk": []}
             for _ in range(args.runs):
                 for which in ("exporter", "sdk"):  # interleaved: both see the same machine noise
