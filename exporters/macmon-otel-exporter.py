@@ -456,7 +456,6 @@ class MetricTable:
     def __init__(self, rows):
         self.rows = list(rows)
         self.by_name = {name: (unit, kind, text) for name, unit, kind, text in self.rows}
-        self.order = {name: i for i, (name, _u, _k, _t) in enumerate(self.rows)}
         self.headers = {name: self.encode_header(name) for name in self.by_name}
 
     def as_json(self):
@@ -476,15 +475,23 @@ class MetricTable:
 
 
 def build_request(table, resource_json, samples):
-    """Many samples -> one ExportMetricsServiceRequest (JSON text), series grouped by metric name."""
+    """Many samples -> one ExportMetricsServiceRequest (JSON text), series grouped by metric name
+    (in the order they first appear: the order of metrics in a request carries no meaning)."""
     grouped = {}
     for sample in samples:
         for name, point in sample.points:
-            grouped.setdefault(name, []).append(point)
-    metrics = [table.header(name) + ",".join(points) + "]}}"
-               for name, points in sorted(grouped.items(), key=lambda item: table.order[item[0]])]
-    return ('{"resourceMetrics":[{"resource":{"attributes":%s},"scopeMetrics":[{"scope":{"name":%s,"version":%s},'
-            '"metrics":[%s]}]}]}' % (resource_json, json_str(SCOPE_NAME), json_str(__version__), ",".join(metrics)))
+            points = grouped.get(name)
+            if points is None:
+                grouped[name] = [point]
+            else:
+                points.append(point)
+    headers = table.headers
+    metrics = ",".join([headers[name] + ",".join(points) + "]}}" for name, points in grouped.items()])
+    return REQUEST_TEMPLATE % (resource_json, metrics)
+
+
+REQUEST_TEMPLATE = ('{"resourceMetrics":[{"resource":{"attributes":%s},"scopeMetrics":[{"scope":{"name":'
+                    + json.dumps(SCOPE_NAME) + ',"version":' + json.dumps(__version__) + '},"metrics":[%s]}]}]}')
 
 
 class Sample:
@@ -735,6 +742,8 @@ class Spool:
 RETRYABLE_STATUS = (429, 502, 503, 504)
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_END = re.compile(rb"\r?\n\r?\n")  # the blank line after the headers
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
 RETRY_AFTER_MAX_S = 300.0
 DELIVERY_NOTE_S = 3600.0
@@ -785,7 +794,8 @@ def classify_response(status, headers, body):
     if status == 200:
         partial = {}
         try:
-            document = json.loads(body.decode("utf-8", "replace")) if body.strip() else {}
+            text = body.decode("utf-8", "replace").strip()
+            document = {} if text in ("", "{}") else json.loads(text)
             partial = (document.get("partialSuccess") or {}) if isinstance(document, dict) else {}
         except ValueError:
             partial = {}
@@ -815,8 +825,8 @@ class OtlpHttpClient:
     """POSTs OTLP/JSON bodies over one kept-alive HTTP/1.1 connection, reconnecting when it breaks.
 
     A small client on a plain socket rather than http.client: it sends one request shape and reads
-    one response shape, and each export is cheaper (http.client parses headers with the email
-    package); ssl is loaded only for an https:// collector."""
+    one response shape, usually with a single recv(); http.client parses headers with the email
+    package. ssl is loaded only for an https:// collector."""
 
     def __init__(self, url, headers, timeout_s, compression, cafile):
         self.url = url
@@ -841,16 +851,17 @@ class OtlpHttpClient:
             import ssl
             self.context = ssl.create_default_context(cafile=cafile)
         self.sock = None
-        self.reader = None
+        self.sock_timeout = None
+        self.pending = b""  # received bytes not yet parsed
 
     def close(self):
         if self.sock is not None:
             try:
-                self.reader.close()
                 self.sock.close()
             except OSError:
                 pass
-            self.sock = self.reader = None
+            self.sock = None
+        self.pending = b""
 
     def post(self, body, timeout_s=None):
         """Returns an Outcome; network failures become retryable outcomes, never exceptions."""
@@ -872,14 +883,16 @@ class OtlpHttpClient:
         if self.context is not None:
             sock = self.context.wrap_socket(sock, server_hostname=self.host)
         self.sock = sock
-        self.reader = sock.makefile("rb")
+        self.sock_timeout = timeout
+        self.pending = b""
 
     def attempt(self, data, timeout):
         try:
             if self.sock is None:
                 self.connect(timeout)
-            else:
+            elif timeout != self.sock_timeout:  # settimeout() is a system call: only when it changes
                 self.sock.settimeout(timeout)
+                self.sock_timeout = timeout
             self.sock.sendall((self.head + f"Content-Length: {len(data)}\r\n\r\n").encode("latin-1") + data)
             status, headers, answer = self.read_response()
             if headers.get("connection", "").lower() == "close":
@@ -897,20 +910,21 @@ class OtlpHttpClient:
             self.close()
             return Outcome("retry", f"malformed HTTP response from the collector ({exc})", status="bad_response")
 
+    def receive(self):
+        """More bytes of the response onto self.pending; False at the end of the connection."""
+        chunk = self.sock.recv(65536)
+        self.pending += chunk
+        return bool(chunk)
+
     def read_response(self):
         """(status, {lower-case header: value}, body) of one HTTP/1.x response."""
-        line = self.reader.readline(65537)
-        if not line:
-            raise ConnectionResetError(errno.ECONNRESET, "the collector closed the connection")
-        parts = line.split(None, 2)
+        lines = self.read_head().split(b"\n")
+        parts = lines[0].split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise BadResponse(f"not an HTTP response: {line[:60]!r}")
+            raise BadResponse(f"not an HTTP response: {lines[0][:60]!r}")
         status = int(parts[1])
         headers = {}
-        while True:
-            line = self.reader.readline(65537)
-            if line in (b"\r\n", b"\n", b""):
-                break
+        for line in lines[1:]:
             name, _, value = line.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()
         if status in (204, 304) or 100 <= status < 200:
@@ -919,24 +933,59 @@ class OtlpHttpClient:
             return status, headers, self.read_chunked()
         if "content-length" in headers:
             length = int(headers["content-length"])
-            body = self.reader.read(min(length, MAX_RESPONSE_BYTES))
+            if length < 0:
+                raise ValueError(f"Content-Length {length}")
+            body = self.read_exactly(min(length, MAX_RESPONSE_BYTES))
             if length > MAX_RESPONSE_BYTES:
                 self.close()  # the rest is not worth reading; the connection cannot be reused
             return status, headers, body
-        body = self.reader.read(MAX_RESPONSE_BYTES)  # no length: the body ends when the connection does
+        while len(self.pending) <= MAX_RESPONSE_BYTES and self.receive():
+            pass  # no length: the body ends when the connection does
+        body = self.pending[:MAX_RESPONSE_BYTES]
         self.close()
         return status, headers, body
+
+    def read_head(self):
+        """The status line and headers, up to the blank line that ends them."""
+        while True:
+            end = HEAD_END.search(self.pending, 0, MAX_HEAD_BYTES + 4)
+            if end:
+                head, self.pending = self.pending[:end.start()], self.pending[end.end():]
+                return head
+            if len(self.pending) >= MAX_HEAD_BYTES + 4:
+                raise BadResponse(f"response headers longer than {MAX_HEAD_BYTES} bytes")
+            if not self.receive():
+                if not self.pending:
+                    raise ConnectionResetError(errno.ECONNRESET, "the collector closed the connection")
+                head, self.pending = self.pending, b""  # closed before the blank line: take what came
+                return head
+
+    def read_exactly(self, size):
+        """size bytes, or fewer when the connection ends first."""
+        while len(self.pending) < size and self.receive():
+            pass
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data
+
+    def read_line(self):
+        while b"\n" not in self.pending:
+            if len(self.pending) > MAX_HEAD_BYTES:
+                raise BadResponse("a chunk header line is too long")
+            if not self.receive():
+                break
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line
 
     def read_chunked(self):
         body = b""
         while len(body) <= MAX_RESPONSE_BYTES:
-            size = int(self.reader.readline(1024).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.reader.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass
+            size = int(self.read_line().split(b";")[0].strip() or b"0", 16)
+            if size <= 0:
+                while self.read_line().strip():
+                    pass  # trailers
                 return body
-            body += self.reader.read(size)
-            self.reader.readline(1024)
+            body += self.read_exactly(size)
+            self.read_line()  # the CRLF after the chunk
         self.close()
         return body[:MAX_RESPONSE_BYTES]
 
@@ -1845,6 +1894,7 @@ class Source:
         seconds = window_seconds(self.previous_ns, time_ns, interval)
         self.previous_ns = time_ns
         points = encode_gauges(time_ns, readings)
+        head_start = head = None
         for gauge, energy, _key in POWER_FIELDS:
             if energy is None or gauge not in readings:
                 continue
@@ -1853,7 +1903,9 @@ class Source:
                 # The first window began one window before the first line.
                 counter = self.energy[energy] = EnergyCounter(time_ns - int(seconds * 1e9))
             joules = counter.add(readings[gauge], seconds)
-            points.append((energy, encode_point(time_ns, joules, (), counter.start_ns)))
+            if counter.start_ns != head_start:  # the counters of one macmon run share their start
+                head_start, head = counter.start_ns, point_head(time_ns, (), counter.start_ns)
+            points.append((energy, '%s"asDouble":%r}' % (head, joules)))
         return points
 
     def check(self, report, args):
