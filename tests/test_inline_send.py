@@ -215,4 +215,6 @@ def test_the_exporter_sends_inline_in_steady_state(receiver):
     assert times == sorted(times) and len(set(times)) == len(times)
     assert len(receiver.requests) == len(times)  # one request per sample, as each one arrives
     parked = exporter.stderr.count("sender parked")
-    assert 1 <= parked <= 3, exporter.stderr[-3000:]  # the sender thread sent only the first few
+    # The sender thread sent only the first (and, on a loaded machine, the odd slow one): without
+    # the inline path it would park after every request.
+    assert 1 <= parked <= max(3, len(times) // 4), exporter.stderr[-3000:]
