@@ -430,11 +430,16 @@ def point_head(time_ns, attributes=(), start_ns=0):
     return head + '"timeUnixNano":"%d",' % time_ns
 
 
+def encode_value(head, value):
+    """A point_head completed with its value: asInt for an int (not a bool), else asDouble."""
+    if type(value) is int:
+        return '%s"asInt":"%d"}' % (head, value)
+    return '%s"asDouble":%r}' % (head, float(value))
+
+
 def encode_point(time_ns, value, attributes=(), start_ns=0):
     """One NumberDataPoint as JSON text; the value is always present."""
-    if type(value) is int:  # not bool
-        return '%s"asInt":"%d"}' % (point_head(time_ns, attributes, start_ns), value)
-    return '%s"asDouble":%r}' % (point_head(time_ns, attributes, start_ns), float(value))
+    return encode_value(point_head(time_ns, attributes, start_ns), value)
 
 
 SOURCE_GAUGES = [name for name, _unit, kind, _text in SOURCE_METRICS if kind == GAUGE]
@@ -444,16 +449,7 @@ def encode_gauges(time_ns, readings, attributes=()):
     """{metric name: value} of one sample -> [(metric name, data point JSON text), ...] in table
     order. The hot path of every sample: the shared part of the points is formatted once."""
     head = point_head(time_ns, attributes)
-    points = []
-    for name in SOURCE_GAUGES:
-        value = readings.get(name)
-        if value is None:
-            continue
-        if type(value) is int:
-            points.append((name, '%s"asInt":"%d"}' % (head, value)))
-        else:
-            points.append((name, '%s"asDouble":%r}' % (head, float(value))))
-    return points
+    return [(name, encode_value(head, readings[name])) for name in SOURCE_GAUGES if name in readings]
 
 
 class MetricTable:
@@ -497,7 +493,7 @@ def build_request(table, resource_json, samples):
 
 
 REQUEST_TEMPLATE = ('{"resourceMetrics":[{"resource":{"attributes":%s},"scopeMetrics":[{"scope":{"name":'
-                    + json.dumps(SCOPE_NAME) + ',"version":' + json.dumps(__version__) + '},"metrics":[%s]}]}]}')
+                    + json_str(SCOPE_NAME) + ',"version":' + json_str(__version__) + '},"metrics":[%s]}]}]}')
 
 
 class Sample:
@@ -662,18 +658,14 @@ class SampleBuffer:
                 if not self.parked:
                     handed, self.handed = self.handed, None
                     return handed
-            try:
-                self.doorbell.get(timeout=wait_s)
-            except queue.Empty:
-                pass
+            self.sleep_on_doorbell(wait_s)
 
     def take_parked(self, count):
         """For the sampling thread while the sender is parked: up to `count` samples, in flight."""
         with self.lock:
             if not self.parked or self.in_flight:
                 return []
-            self.in_flight = min(count, len(self.samples))
-            return [self.samples[i] for i in range(self.in_flight)]
+            return self.front_in_flight(count)
 
     def hand_over(self, batch, stage, outcome):
         """The sampling thread gives a batch back to the sender (see Sender.finish)."""
@@ -687,14 +679,21 @@ class SampleBuffer:
         with self.lock:
             wait = self.sender_waiting = not self.samples
         if wait:
-            try:
-                self.doorbell.get(timeout=wait_s)
-            except queue.Empty:
-                pass
+            self.sleep_on_doorbell(wait_s)
         with self.lock:
             self.sender_waiting = False
-            self.in_flight = min(count, len(self.samples))
-            return [self.samples[i] for i in range(self.in_flight)]
+            return self.front_in_flight(count)
+
+    def front_in_flight(self, count):
+        """Up to `count` samples from the front, marked in flight (the caller holds the lock)."""
+        self.in_flight = min(count, len(self.samples))
+        return [self.samples[i] for i in range(self.in_flight)]
+
+    def sleep_on_doorbell(self, wait_s):
+        try:
+            self.doorbell.get(timeout=wait_s)
+        except queue.Empty:
+            pass
 
     def commit(self, count):
         with self.lock:

@@ -3,14 +3,15 @@ the sampling thread sends itself and hands every unusual case back to the sender
 
 The pieces (buffer, sender, client) run in the test's own thread, the sender's steps called one by
 one, against the loopback receiver or a scripted raw collector; each case checks that every sample
-is delivered exactly once or kept for a retry, never lost and never sent twice."""
+is delivered or kept for a retry, never lost, and sent once unless the collector closed the
+connection without answering."""
 import json
 import socket
 import threading
 import time
 
 import pytest
-from otlp_receiver import Receiver
+from conftest import start_macmon_exporter
 
 T0 = 1_780_000_000_000_000_000
 
@@ -20,7 +21,22 @@ def sample(mod, i):
     return mod.Sample(time_ns, [("mac.power.total", mod.encode_point(time_ns, 10.0 + i))])
 
 
-def make_sender(mod, url, wait_s=0.3):
+@pytest.fixture
+def make_sender(macmon_mod):
+    """Builds sender, buffer and stats for a collector URL; closes their connections afterwards."""
+    clients = []
+
+    def make(url, wait_s=0.3):
+        sender, buffer, stats = sender_parts(macmon_mod, url, wait_s)
+        clients.append(sender.client)
+        return sender, buffer, stats
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def sender_parts(mod, url, wait_s):
     stats = mod.Stats(T0)
     buffer = mod.SampleBuffer(100, stats)
     client = mod.OtlpHttpClient(url + "/v1/metrics", {}, 5, "none", None)
@@ -37,78 +53,59 @@ def prime(mod, sender, buffer):
     assert buffer.parked and not len(buffer)
 
 
-def test_parked_sender_lets_the_sampling_thread_send(macmon_mod):
-    receiver = Receiver()
-    sender, buffer, stats = make_sender(macmon_mod, receiver.url)
-    try:
-        prime(macmon_mod, sender, buffer)
-        sock = sender.client.sock
-        for i in range(1, 4):
-            buffer.add(sample(macmon_mod, i))
-            buffer.add(sample(macmon_mod, i + 10))
-            sender.send_inline()
-            assert not len(buffer) and buffer.parked
-        assert sender.client.sock is sock  # one kept-alive connection throughout
-        values = sorted(p.value for p in receiver.series("mac.power.total"))
-        assert values == [10.0, 11.0, 12.0, 13.0, 21.0, 22.0, 23.0]
-        assert len(receiver.requests) == 4  # the two samples of each round went in one request
-        assert stats.samples_delivered == 7
-    finally:
-        sender.client.close()
-        receiver.stop()
+def test_parked_sender_lets_the_sampling_thread_send(macmon_mod, receiver, make_sender):
+    sender, buffer, stats = make_sender(receiver.url)
+    prime(macmon_mod, sender, buffer)
+    sock = sender.client.sock
+    for i in range(1, 4):
+        buffer.add(sample(macmon_mod, i))
+        buffer.add(sample(macmon_mod, i + 10))
+        sender.send_inline()
+        assert not len(buffer) and buffer.parked
+    assert sender.client.sock is sock  # one kept-alive connection throughout
+    values = sorted(p.value for p in receiver.series("mac.power.total"))
+    assert values == [10.0, 11.0, 12.0, 13.0, 21.0, 22.0, 23.0]
+    assert len(receiver.requests) == 4  # the two samples of each round went in one request
+    assert stats.samples_delivered == 7
 
 
-def test_not_parked_means_no_inline_send(macmon_mod):
-    receiver = Receiver()
-    sender, buffer, _stats = make_sender(macmon_mod, receiver.url)
-    try:
-        buffer.add(sample(macmon_mod, 1))
-        sender.send_inline()  # the sender has not connected yet, so it is not parked
-        assert len(buffer) == 1 and not receiver.requests
-    finally:
-        receiver.stop()
+def test_not_parked_means_no_inline_send(macmon_mod, receiver, make_sender):
+    sender, buffer, _stats = make_sender(receiver.url)
+    buffer.add(sample(macmon_mod, 1))
+    sender.send_inline()  # the sender has not connected yet, so it is not parked
+    assert len(buffer) == 1 and not receiver.requests
 
 
 @pytest.mark.parametrize("mode,kept", [("503", True), ("429", True), ("413", False)])
-def test_refusals_are_handed_to_the_sender_thread(macmon_mod, mode, kept):
-    receiver = Receiver()
-    sender, buffer, stats = make_sender(macmon_mod, receiver.url)
-    try:
-        prime(macmon_mod, sender, buffer)
-        receiver.mode = mode
-        receiver.retry_after = 0
-        buffer.add(sample(macmon_mod, 1))
-        sender.send_inline()
-        assert not buffer.parked  # handed back: the sender thread acts on the answer
-        assert buffer.handed is not None and buffer.handed[0][0].time_ns == T0 + 1_000_000_000
+def test_refusals_are_handed_to_the_sender_thread(macmon_mod, receiver, make_sender, mode, kept):
+    sender, buffer, stats = make_sender(receiver.url)
+    prime(macmon_mod, sender, buffer)
+    receiver.mode = mode
+    receiver.retry_after = 0
+    buffer.add(sample(macmon_mod, 1))
+    sender.send_inline()
+    assert not buffer.parked  # handed back: the sender thread acts on the answer
+    assert buffer.handed is not None and buffer.handed[0][0].time_ns == T0 + 1_000_000_000
+    assert sender.run_once()
+    assert len(receiver.requests) == 2  # acted on the answer it was handed: no second request
+    assert len(buffer) == (1 if kept else 0)
+    assert stats.send_errors.get(mode, 0) == (1 if kept else 0)
+    assert sum(stats.samples_dropped.values()) == (0 if kept else 1)
+    if kept:  # the collector recovers: the sender delivers the kept sample, then parks again
+        receiver.mode = "accept"
         assert sender.run_once()
-        assert len(receiver.requests) == 2  # acted on the answer it was handed: no second request
-        assert len(buffer) == (1 if kept else 0)
-        assert stats.send_errors.get(mode, 0) == (1 if kept else 0)
-        assert sum(stats.samples_dropped.values()) == (0 if kept else 1)
-        if kept:  # the collector recovers: the sender delivers the kept sample, then parks again
-            receiver.mode = "accept"
-            assert sender.run_once()
-            assert not len(buffer) and buffer.parked
-            assert [p.value for p in receiver.series("mac.power.total")] == [10.0, 11.0]
-    finally:
-        sender.client.close()
-        receiver.stop()
+        assert not len(buffer) and buffer.parked
+        assert [p.value for p in receiver.series("mac.power.total")] == [10.0, 11.0]
 
 
-def test_a_rejected_sample_is_dropped_inline_and_the_sender_stays_parked(macmon_mod):
-    receiver = Receiver()
-    sender, buffer, stats = make_sender(macmon_mod, receiver.url)
-    try:
-        prime(macmon_mod, sender, buffer)
-        receiver.mode = "400"  # not retryable: nothing for the sender thread to do
-        buffer.add(sample(macmon_mod, 1))
-        sender.send_inline()
-        assert buffer.parked and buffer.handed is None and not len(buffer)
-        assert stats.samples_dropped == {"rejected": 1} and stats.send_errors == {"400": 1}
-    finally:
-        sender.client.close()
-        receiver.stop()
+def test_a_rejected_sample_is_dropped_inline_and_the_sender_stays_parked(macmon_mod, receiver, make_sender):
+    sender, buffer, stats = make_sender(receiver.url)
+    prime(macmon_mod, sender, buffer)
+    receiver.mode = "400"  # not retryable: nothing for the sender thread to do
+    buffer.add(sample(macmon_mod, 1))
+    sender.send_inline()
+    assert buffer.parked and buffer.handed is None and not len(buffer)
+    assert stats.samples_dropped == {"rejected": 1} and stats.send_errors == {"400": 1}
 
 
 class ScriptedCollector:
@@ -169,11 +166,11 @@ CHUNKED = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\
 
 
 @pytest.mark.parametrize("case", ["slow", "chunked", "closed_idle"])
-def test_unusual_answers_are_finished_by_the_sender_thread_exactly_once(macmon_mod, case):
+def test_unusual_answers_are_finished_by_the_sender_thread_exactly_once(macmon_mod, make_sender, case):
     answers = {"slow": [OK, OK, OK], "chunked": [OK, CHUNKED, OK], "closed_idle": [OK, None, OK, OK]}[case]
     delays = {"slow": [0, 0.8, 0], "chunked": [0, 0, 0], "closed_idle": [0, 0, 0, 0]}[case]
     collector = ScriptedCollector(answers, delays)
-    sender, buffer, stats = make_sender(macmon_mod, collector.url, wait_s=0.3)
+    sender, buffer, stats = make_sender(collector.url, wait_s=0.3)
     try:
         prime(macmon_mod, sender, buffer)
         buffer.add(sample(macmon_mod, 1))
@@ -200,14 +197,13 @@ def test_unusual_answers_are_finished_by_the_sender_thread_exactly_once(macmon_m
         else:
             assert collector.times() == expected
     finally:
-        sender.client.close()
+        sender.client.close()  # before the collector stops waiting for more requests
         collector.close()
 
 
 def test_the_exporter_sends_inline_in_steady_state(receiver):
     """End to end: after the first export, requests come from the sampling thread, seen as the
     sender thread's parked state, and nothing is lost or repeated."""
-    from conftest import start_macmon_exporter
     exporter = start_macmon_exporter(receiver.url, "--log-level", "debug", fake_env={"FAKE_MACMON_SPEED": "20"})
     assert receiver.wait_for(lambda: len(receiver.series("mac.power.total")) >= 40, 30)
     assert exporter.stop(timeout=30) == 0
