@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt 2>/dev/null | cksum | cut -d' ' -f1)
 EXPORTERS := exporters/macmon-otel-exporter.py exporters/nvsmi-otel-exporter.py
-SHELL_SCRIPTS := $(wildcard deploy/*.sh) .ci/run
+SHELL_SCRIPTS := $(wildcard deploy/*.sh) $(wildcard tests/tools/*.sh) .ci/run
 HOST ?=
 
 .DEFAULT_GOAL := help

@@ -614,6 +614,7 @@ class SampleBuffer:
         self.sender_waiting = False
         self.parked = False
         self.handed = None  # (batch, stage, outcome) the sampling thread gave back to the sender
+        self.closing = False  # the sender is stopping: take() no longer waits for samples
         self.overflowing = False
         self.overflow_dropped = 0
 
@@ -639,10 +640,11 @@ class SampleBuffer:
             self.doorbell.put(None)
 
     def wake(self):
-        """End a take() or a parked wait (the sender is stopping). A spare ring only makes a later
-        take() return early with what there is."""
+        """End a take() or a parked wait for good: the sender is stopping. Without `closing` a
+        parked sender would spend the one ring leaving its park and then sleep in take()."""
         with self.lock:
             self.parked = False
+            self.closing = True
         self.doorbell.put(None)
 
     def park(self):
@@ -677,7 +679,7 @@ class SampleBuffer:
     def take(self, count, wait_s):
         """Mark up to `count` samples from the front as in flight; wait up to wait_s for one."""
         with self.lock:
-            wait = self.sender_waiting = not self.samples
+            wait = self.sender_waiting = not self.samples and not self.closing
         if wait:
             self.sleep_on_doorbell(wait_s)
         with self.lock:
