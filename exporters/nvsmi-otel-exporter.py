@@ -237,7 +237,7 @@ SHARED_SETTINGS = [
      "samples kept while the collector is away; default one hour of samples"),
     ("--spool-dir", "TPW_SPOOL_DIR", None, "keep unsent samples in this folder across restarts"),
     ("--spool-max-bytes", "TPW_SPOOL_MAX_BYTES", "52428800", "size bound of the spool file"),
-    ("--batch-max", "TPW_BATCH_MAX", "500", "most samples in one export request"),
+    ("--batch-max", "TPW_BATCH_MAX", "500", "most samples in one export request (fewer where its body would pass 64 KiB)"),
     ("--self-report-interval", "TPW_SELF_REPORT_INTERVAL", "10",
      "seconds between the exporter.* series (sent with a sample, never more often than samples)"),
     ("--log-level", "TPW_LOG_LEVEL", "info", "debug, info, warning or error"),
@@ -792,6 +792,10 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 INLINE_MAX_BYTES = 256 * 1024  # larger bodies (a backlog) go through the sender thread
+# A batch is cut to about this much JSON. A backlog (a collector outage, a slow answer) then goes
+# out in many small requests instead of a few of up to --batch-max samples: building one request
+# holds about four copies of its body, and those peaks would set the exporter's resident memory.
+REQUEST_TARGET_BYTES = 64 * 1024
 CONTENT_LENGTH = re.compile(rb"\n[Cc]ontent-[Ll]ength:[ \t]*(\d+)")
 HEAD_END = re.compile(rb"\r?\n\r?\n")  # the blank line after the headers
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
@@ -887,6 +891,9 @@ class OtlpHttpClient:
         self.https = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self.https else 80)
+        # getaddrinfo() runs a str host through the idna codec, which loads unicodedata: 0.7 MB
+        # resident for good, even for 127.0.0.1. An ASCII host goes as bytes and needs no codec.
+        self.lookup_host = self.host.encode("ascii") if self.host.isascii() else self.host
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = self.host if ":" not in self.host else f"[{self.host}]"
         if parts.port:
@@ -936,7 +943,7 @@ class OtlpHttpClient:
         return outcome
 
     def connect(self, timeout):
-        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock = socket.create_connection((self.lookup_host, self.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.context is not None:
             sock = self.context.wrap_socket(sock, server_hostname=self.host)
@@ -1145,6 +1152,7 @@ class Sender(threading.Thread):
         self.table = table
         self.resource_json = resource_json
         self.batch_max = batch_max
+        self.sample_bytes = 2048  # JSON per sample, learnt from each request built (see batch_size)
         self.inline_wait_s = inline_wait_s  # how long send_inline may hold up the sampling thread
         self.stopping = threading.Event()
         self.deadline = None  # monotonic time after which a stopping sender gives up
@@ -1173,7 +1181,7 @@ class Sender(threading.Thread):
         if handed is not None:
             done, outcome = self.finish(*handed)
         else:
-            batch = self.buffer.take(self.batch_max, 60.0)  # add() and stop() wake it sooner
+            batch = self.buffer.take(self.batch_size(), 60.0)  # add() and stop() wake it sooner
             if not batch:
                 return True
             done, outcome = self.deliver(batch)
@@ -1195,11 +1203,11 @@ class Sender(threading.Thread):
         wait for the answer is short (inline_wait_s); anything else (no connection, a slow or
         unusual answer, an error) goes back to the sender thread, which handles it as usual."""
         for _ in range(8):  # a bounded loop: normally one round
-            batch = self.buffer.take_parked(self.batch_max)
+            batch = self.buffer.take_parked(self.batch_size())
             if not batch:
                 return
             try:
-                body = build_request(self.table, self.resource_json, batch)
+                body = self.build(batch)
                 stage, outcome = "unsent", None
                 if len(body) <= INLINE_MAX_BYTES:
                     stage, outcome = self.client.post_inline(body, self.inline_wait_s)
@@ -1213,6 +1221,15 @@ class Sender(threading.Thread):
                 self.client.close()
                 self.buffer.hand_over(batch, "unsent", None)
                 return
+
+    def batch_size(self):
+        """--batch-max samples, or fewer where that would make a body over REQUEST_TARGET_BYTES."""
+        return max(1, min(self.batch_max, REQUEST_TARGET_BYTES // self.sample_bytes))
+
+    def build(self, batch):
+        body = build_request(self.table, self.resource_json, batch)
+        self.sample_bytes = max(1, len(body) // len(batch))
+        return body
 
     def finish(self, batch, stage, outcome):
         """Complete what send_inline handed back: read the rest of the answer ("sent"), send
@@ -1233,7 +1250,7 @@ class Sender(threading.Thread):
         front are finished with, delivered or given up on; the last Outcome). With an outcome,
         the batch was sent already (by send_inline) and this is the collector's answer."""
         if outcome is None:
-            body = build_request(self.table, self.resource_json, batch)
+            body = self.build(batch)
             if len(body) > MAX_REQUEST_BYTES and len(batch) > 1:
                 outcome = Outcome("too_large", "over the request size cap")
             else:

@@ -1,5 +1,6 @@
 """The NVIDIA exporter as a process: against the stand-in nvidia-smi, the loopback receiver, rotel,
 the official protobuf definitions, and the real captures in shared/captures when they are there."""
+import collections
 import gzip
 import json
 import os
@@ -150,6 +151,11 @@ def test_outage_and_sigterm_hold_for_nvidia_too(receiver):
     for index in ("0", "7"):
         times = [p.time_ns for p in receiver.series("gpu.power.board") if p.attributes["gpu.index"] == index]
         assert times == sorted(times) and len(times) == len(set(times))
+    # The backlog went out in requests of about 64 KiB (REQUEST_TARGET_BYTES), not of --batch-max
+    # (500) rows: one such request of about 1 MB would set the exporter's peak memory.
+    rows_per_request = collections.Counter(p.request for p in receiver.series("gpu.power.board"))
+    assert max(rows_per_request.values()) > 8, "no backlog was sent (one round is 8 rows): the test did not test"
+    assert max(len(raw) for _h, raw, _d, status in receiver.requests if status == 200) <= 2 * 64 * 1024
     pid = int(re.search(r"started nvidia-smi \(pid (\d+)\)", exporter.stderr).group(1))
     assert not os.path.exists(f"/proc/{pid}") or " Z " in open(f"/proc/{pid}/stat").read()
 

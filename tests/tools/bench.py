@@ -66,7 +66,7 @@ def peak_rss_mb(pid):
 
 def run_once(kind, which, samples, tmp):
     spec = EXPORTERS[kind]
-    receiver = Receiver()
+    receiver = Receiver(keep=False)
     log = os.path.join(tmp, f"{kind}-{which}-{time.monotonic_ns()}.calls")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
     env.update(spec["env"])
@@ -85,7 +85,7 @@ def run_once(kind, which, samples, tmp):
     got_at_first = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        got = len(receiver.series(spec["series"]))
+        got = receiver.count(spec["series"])
         if got and first_export is None:
             first_export = receiver.arrivals[0] - started
             calls_at_first = count_lines(log)
@@ -98,9 +98,9 @@ def run_once(kind, which, samples, tmp):
         time.sleep(0.02)
     cpu = process_cpu_s(proc.pid)
     rss = peak_rss_mb(proc.pid)
-    got = len(receiver.series(spec["series"]))
-    wire = sum(len(raw) for _h, raw, _d, status in list(receiver.requests))
-    requests = len(receiver.requests)
+    got = receiver.count(spec["series"])
+    wire = receiver.wire_bytes
+    requests = receiver.request_count
     calls_total = count_lines(log)
     proc.send_signal(signal.SIGTERM)
     try:
@@ -129,7 +129,7 @@ def count_lines(path):
 def idle_cpu_percent(seconds):
     """The macmon exporter at the default 5 s interval, in real time: CPU share of one core."""
     spec = EXPORTERS["macmon"]
-    receiver = Receiver()
+    receiver = Receiver(keep=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
     proc = subprocess.Popen([sys.executable, spec["script"], "--macmon", spec["fake"], "--endpoint", receiver.url,
                              "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -140,7 +140,7 @@ def idle_cpu_percent(seconds):
     proc.terminate()
     proc.wait(20)
     receiver.stop()
-    return 100 * (cpu1 - cpu0) / (t1 - t0), len(receiver.series("mac.power.total"))
+    return 100 * (cpu1 - cpu0) / (t1 - t0), receiver.count("mac.power.total")
 
 
 def main():

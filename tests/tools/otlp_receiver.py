@@ -8,6 +8,7 @@ partialSuccess; `stop()` closes the port so connections are refused, `start()` o
     python3 tests/tools/otlp_receiver.py --port 4318          # print each data point as it arrives
 """
 import argparse
+import collections
 import gzip
 import http.server
 import json
@@ -77,12 +78,19 @@ def protobuf_to_json(body):
 class Receiver:
     """Start on a free loopback port; set .mode (and friends) to change how it answers."""
 
-    def __init__(self, port=0, host="127.0.0.1"):
+    def __init__(self, port=0, host="127.0.0.1", keep=True):
         self.host = host
         self.port = port
         self.lock = threading.Lock()
+        # keep=False (make bench): count, keep nothing. Kept documents and points grow without end,
+        # and so do this process's garbage-collector pauses: the answers would then stall for the
+        # exporter under test, which is the receiver's cost, not the exporter's.
+        self.keep = keep
         self.points = []
         self.requests = []      # (headers dict, raw body bytes, decoded document or None, status)
+        self.request_count = 0  # every request, answered or not, kept or not
+        self.wire_bytes = 0     # their bodies as sent (compressed or not)
+        self.point_counts = collections.Counter()  # metric name -> accepted data points
         self.arrivals = []      # monotonic time of every request, answered or not
         self.mode = "accept"    # accept | hang | 429 | 503 | 400 | 413 | partial
         self.retry_after = None
@@ -160,6 +168,9 @@ class Receiver:
         raw = handler.rfile.read(length)
         headers = {k.lower(): v for k, v in handler.headers.items()}
         self.arrivals.append(time.monotonic())
+        with self.lock:
+            self.request_count += 1
+            self.wire_bytes += len(raw)
         mode = self.mode
         if mode == "hang":
             time.sleep(self.hang_s)
@@ -190,8 +201,10 @@ class Receiver:
             document = json.loads(body) if content_type == "application/json" else protobuf_to_json(body)
             with self.lock:
                 points = decode_request(document, len(self.requests))
-                self.requests.append((headers, raw, document, 200))
-                self.points.extend(points)
+                self.point_counts.update(p.metric for p in points)
+                if self.keep:
+                    self.requests.append((headers, raw, document, 200))
+                    self.points.extend(points)
         except (ValueError, KeyError) as exc:
             self.reply(handler, 400, {"code": 3, "message": f"bad request: {exc}"})
             return
@@ -203,6 +216,11 @@ class Receiver:
                                                          "errorMessage": "3 points had unknown units"}})
         else:
             self.reply(handler, 200, {"partialSuccess": {}})
+
+    def count(self, name):
+        """Accepted data points of one metric (kept or not)."""
+        with self.lock:
+            return self.point_counts[name]
 
     def series(self, name):
         with self.lock:
