@@ -12,7 +12,8 @@ import subprocess
 import pytest
 from conftest import ROOT, TOOLS
 
-SHELL_SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "deploy", "*.sh"))) + [os.path.join(ROOT, ".ci", "run")]
+SHELL_SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "deploy", "*.sh"))
+                       + glob.glob(os.path.join(ROOT, "tests", "tools", "*.sh"))) + [os.path.join(ROOT, ".ci", "run")]
 UNIT = os.path.join(ROOT, "units", "nvsmi-otel-exporter.service")
 PLISTS = sorted(glob.glob(os.path.join(ROOT, "plists", "*.plist")))
 SHELLCHECK = shutil.which("shellcheck", path=os.path.dirname(os.path.realpath(__file__)) + "/../.venv/bin") \
@@ -61,7 +62,8 @@ def test_unit_names_each_directive_near_nvidia_smi():
     for directive in ("DeviceAllow=/dev/nvidiactl rw", "DeviceAllow=/dev/nvidia-uvm rw", "DeviceAllow=char-nvidia* rw",
                       "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
                       "RestrictAddressFamilies=", "Restart=on-failure", "RestartSec=5", "EnvironmentFile=",
-                      "DynamicUser=yes", "MemoryDenyWriteExecute=yes", "SystemCallFilter=@system-service"):
+                      "DynamicUser=yes", "MemoryDenyWriteExecute=yes", "SystemCallFilter=@system-service",
+                      "KillMode=mixed"):
         assert directive in text, directive
     dropin = open(os.path.join(ROOT, "units", "nvsmi-otel-exporter.service.d", "rapl-root.conf")).read()
     assert "User=root" in dropin and "Trade-off" in dropin

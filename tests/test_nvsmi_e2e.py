@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -200,14 +201,20 @@ def test_list_metrics_and_isolated_run(tmp_path, receiver):
         assert done.returncode == 0, (python, done.stderr)
 
 
-CAPTURE_FILES = sorted(f for f in os.listdir(CAPTURES) if f.endswith(".txt")) if os.path.isdir(CAPTURES) else []
+# Our own capture of a real host (tests/tools/capture-nvidia-smi.sh, on an H200 with driver 580),
+# always here, and the third-party ones in ../shared/captures when that folder is.
+OWN_CAPTURE = os.path.join(os.path.dirname(FAKE_NVSMI), "..", "fixtures", "nvidia-smi", "captures",
+                           "linux-x86_64__nvidia-h200__580.159.04")
+CAPTURE_FILES = [os.path.join(OWN_CAPTURE, "capture.txt")] + (
+    sorted(os.path.join(CAPTURES, f) for f in os.listdir(CAPTURES) if f.endswith(".txt"))
+    if os.path.isdir(CAPTURES) else [])
 
 
-@pytest.mark.skipif(not CAPTURE_FILES, reason="../shared/captures/nvidia-smi is not here")
-@pytest.mark.parametrize("capture", CAPTURE_FILES)
-def test_real_captures_parse_and_match(capture, tmp_path):
+@pytest.mark.parametrize("path", CAPTURE_FILES, ids=[os.path.basename(os.path.dirname(p)) if
+                                                     p.endswith("capture.txt") else os.path.basename(p)
+                                                     for p in CAPTURE_FILES])
+def test_real_captures_parse_and_match(path, tmp_path):
     """The captured help text of each real driver and its real rows, through the exporter."""
-    path = os.path.join(CAPTURES, capture)
     result = run_cli(NVSMI_EXPORTER, "--nvidia-smi", FAKE_NVSMI, "--once", "--console", "--interval", "0.2",
                      env={"FAKE_NVSMI_CAPTURE": path, "TPW_RAPL_ROOT": "/nonexistent", "FAKE_NVSMI_SPEED": "5"})
     assert result.returncode == 0, result.stderr
@@ -227,6 +234,63 @@ def test_real_captures_parse_and_match(capture, tmp_path):
     used = row[header.index("memory.used [MiB]")].split()[0]
     mem = [line for line in result.stdout.splitlines() if "gpu.memory.used" in line]
     assert int(mem[0].split()[2]) == int(used) * 1048576
+
+
+def console_series(text):
+    """(metric, unit, attributes) of each line --console printed: what identifies a series."""
+    found = set()
+    for line in text.splitlines():
+        fields = line.split(None, 4)
+        if len(fields) >= 4 and fields[0].endswith("Z"):
+            found.add((fields[1], fields[3], fields[4] if len(fields) > 4 else ""))
+    return found
+
+
+def test_the_h200_capture_gives_the_series_the_real_host_gave():
+    """On the H200, the exporter (--once --console) against the real nvidia-smi printed once.txt;
+    against the stand-in serving that host's capture it must print the very same series."""
+    result = run_cli(NVSMI_EXPORTER, "--nvidia-smi", FAKE_NVSMI, "--once", "--console", "--interval", "0.2",
+                     env={"FAKE_NVSMI_CAPTURE": os.path.join(OWN_CAPTURE, "capture.txt"),
+                          "TPW_RAPL_ROOT": "/nonexistent", "FAKE_NVSMI_SPEED": "5"})
+    assert result.returncode == 0, result.stderr
+    real = console_series(open(os.path.join(OWN_CAPTURE, "once.txt")).read())
+    assert len(real) > 20 and ("gpu.power.board", "W", "gpu.index=0 gpu.uuid=GPU-00000000-0000-0000-0000-000000000000 "
+                                                       "gpu.name=NVIDIA H200 gpu.pci.bus_id=00000000:00:06.0") in real
+    assert console_series(result.stdout) == real
+
+
+def capture_sections(path):
+    text = open(path).read()
+    pattern = r"^#{10,}\n# ([^\n]+)\n# \$ ([^\n]*)\n#{10,}\n(.*?)^# exit status: (\d+)\n"
+    return {m.group(1): (m.group(2), m.group(3), int(m.group(4))) for m in re.finditer(pattern, text, re.M | re.S)}
+
+
+@pytest.mark.parametrize("title", ["errors :: invalid field", "errors :: invalid GPU id"])
+def test_fake_fails_like_the_real_driver(title):
+    """The same command as on the real host: the same words on stdout and the same exit status."""
+    command, output, status = capture_sections(os.path.join(OWN_CAPTURE, "capture.txt"))[title]
+    args = command.split()[1:]
+    done = fake(*args)
+    assert (done.returncode, done.stdout.strip()) == (status, output.strip())
+
+
+def test_fake_loop_ends_on_a_signal_like_the_real_one():
+    """Real nvidia-smi 580 in a -lms loop: SIGTERM or SIGINT ends it with status 0 within a second
+    and no further row (signals.json). The exporter's shutdown relies on neither, but a stand-in
+    that died by the signal instead would hide a restart loop on an exit status 0."""
+    real = json.load(open(os.path.join(OWN_CAPTURE, "signals.json")))["loops"]
+    assert {(r["exit"], r["rows_after_signal"]) for r in real} == {(0, 0)}
+    assert max(r["seconds_to_exit"] for r in real) < 1
+    for sig in sorted({r["signal"] for r in real}):
+        proc = subprocess.Popen([FAKE_NVSMI, "--query-gpu=index,power.draw", "--format=csv,noheader,nounits",
+                                 "-lms", "2000"], stdout=subprocess.PIPE,
+                                env=dict(os.environ, FAKE_NVSMI_PROFILE="r535-v100x8"))
+        for _ in range(8):
+            proc.stdout.readline()  # the first round
+        proc.send_signal(getattr(signal, sig))
+        rest, _ = proc.communicate(timeout=5)
+        assert proc.returncode == 0, sig
+        assert rest.count(b"\n") < 8, "a whole round after the signal"
 
 
 def test_exits_4_when_the_driver_rejects_the_query(receiver, tmp_path):
