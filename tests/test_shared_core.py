@@ -1,5 +1,12 @@
 """The OTLP core is copied on purpose into each single-file exporter; the copies must not drift."""
-from conftest import MACMON_EXPORTER, NVSMI_EXPORTER
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+from conftest import EXPORTER_PYTHON, FAKE_MACMON, MACMON_EXPORTER, NVSMI_EXPORTER
+from otlp_receiver import Receiver
 
 BEGIN = "# ===== BEGIN SHARED CORE"
 END = "# ===== END SHARED CORE ====="
@@ -26,3 +33,59 @@ def test_exporters_import_nothing_from_the_repository():
             imports = [line for line in fh if line.startswith(("import ", "from "))]
         local = [line for line in imports if "tests" in line or "exporters" in line or "otlp_receiver" in line]
         assert not local, local
+
+
+# ---- the stand-ins for stdlib modules that cost resident memory (see make bench)
+
+@pytest.mark.parametrize("name", ["", "mac-studio/macmon-otel-exporter", "0a1b2c3d4e5f/nvsmi-otel-exporter",
+                                  "hôte-ünïcode/日本語"])
+def test_name_based_uuid_is_uuid5(macmon_mod, name):
+    namespace = "4d63009a-8d0f-11ee-aad7-4c796ed8e320"
+    assert macmon_mod.name_based_uuid(namespace, name) == str(uuid.uuid5(uuid.UUID(namespace), name))
+
+
+def test_which_finds_only_executable_files(macmon_mod, tmp_path, monkeypatch):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "tool").write_text("#!/bin/sh\n")  # not executable: skipped
+    (first / "dir-tool").mkdir()
+    (second / "tool").write_text("#!/bin/sh\n")
+    (second / "tool").chmod(0o755)
+    (second / "dir-tool").mkdir(mode=0o755)
+    monkeypatch.setenv("PATH", f"{first}{os.pathsep}{second}")
+    assert macmon_mod.which("tool") == shutil.which("tool") == str(second / "tool")
+    assert macmon_mod.which("dir-tool") is None and macmon_mod.which("missing") is None
+
+
+def test_jitter_spreads_over_the_unit_interval(macmon_mod):
+    draws = [macmon_mod.jitter() for _ in range(2000)]
+    assert 0 <= min(draws) and max(draws) < 1
+    assert min(draws) < 0.05 and max(draws) > 0.95 and 0.4 < sum(draws) / len(draws) < 0.6
+
+
+def test_the_exporters_leave_heavy_modules_unloaded(tmp_path):
+    """hashlib (OpenSSL's libcrypto: 3.7 MB resident), shutil (bz2, lzma: 0.6 MB), random, uuid and
+    the idna codec (unicodedata: 0.7 MB) stay out of a running exporter."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import runpy, sys, threading, time, os\n"
+        "def report():\n"
+        "    time.sleep(4)\n"
+        "    print(' '.join(sorted(sys.modules)), flush=True)\n"
+        "    os._exit(0)\n"
+        "threading.Thread(target=report, daemon=True).start()\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    receiver = Receiver()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
+        env.update({"FAKE_MACMON_SPEED": "10"})
+        done = subprocess.run([EXPORTER_PYTHON, str(probe), MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--interval", "1",
+                               "--endpoint", receiver.url], env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        receiver.stop()
+    loaded = set(done.stdout.split())
+    assert "json" in loaded and "socket" in loaded, done.stdout + done.stderr  # the probe saw a running exporter
+    assert receiver.count("mac.power.total") >= 2  # and it was sending
+    assert not loaded & {"hashlib", "_hashlib", "shutil", "random", "uuid", "encodings.idna", "unicodedata"}
