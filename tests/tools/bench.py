@@ -35,11 +35,13 @@ from otlp_receiver import Receiver  # noqa: E402
 EXPORTERS = {
     "macmon": dict(script=os.path.join(ROOT, "exporters", "macmon-otel-exporter.py"),
                    fake=os.path.join(HERE, "fake-macmon"), flag="--macmon", series="mac.power.total",
-                   log_var="FAKE_MACMON_LOG", env={"FAKE_MACMON_SPEED": "25", "FAKE_MACMON_VERSION": "0.8.2"}),
+                   log_var="FAKE_MACMON_LOG", env={"FAKE_MACMON_SPEED": "25", "FAKE_MACMON_VERSION": "0.8.2"},
+                   samples=2000),  # 80 s a run at 25 samples a second
     "nvsmi": dict(script=os.path.join(ROOT, "exporters", "nvsmi-otel-exporter.py"),
                   fake=os.path.join(HERE, "fake-nvidia-smi"), flag="--nvidia-smi", series="gpu.power.board",
                   log_var="FAKE_NVSMI_LOG", env={"FAKE_NVSMI_SPEED": "25", "FAKE_NVSMI_PROFILE": "r535-v100x8",
-                                                 "TPW_RAPL_ROOT": "/nonexistent"}),
+                                                 "TPW_RAPL_ROOT": "/nonexistent"},
+                  samples=6000),  # rows (one per GPU and round): 30 s a run at 25 rounds of 8 GPUs a second
 }
 
 
@@ -145,7 +147,9 @@ def idle_cpu_percent(seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=800, help="samples per run (default 800)")
+    parser.add_argument("--samples", type=int,
+                        help="samples per run (default: 2000 for macmon, 6000 nvidia rows; thousands, so that "
+                             "rare peaks of memory show)")
     parser.add_argument("--runs", type=int, default=3, help="runs per configuration; medians are reported")
     parser.add_argument("--idle-seconds", type=int, default=40, help="real-time window for the 5 s interval check")
     parser.add_argument("--only", choices=sorted(EXPORTERS), action="append",
@@ -153,14 +157,13 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results", "bench.json"))
     args = parser.parse_args()
     results = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-                          f"Python {platform.python_version()}", "runs": args.runs, "samples": args.samples,
-               "exporters": {}}
+                          f"Python {platform.python_version()}", "runs": args.runs, "exporters": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.only or EXPORTERS:
             runs = {"exporter": [], "sdk": []}
             for _ in range(args.runs):
                 for which in ("exporter", "sdk"):  # interleaved: both see the same machine noise
-                    runs[which].append(run_once(kind, which, args.samples, tmp))
+                    runs[which].append(run_once(kind, which, args.samples or EXPORTERS[kind]["samples"], tmp))
             medians = {which: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
                        for which, rs in runs.items()}
             medians["ratio"] = {key: medians["exporter"][key] / medians["sdk"][key]
@@ -180,17 +183,17 @@ def main():
 
 
 def print_table(results):
-    print(f"machine: {results['machine']}; {results['runs']} runs x {results['samples']} samples, medians")
-    print(f"{'':8} {'':9} {'CPU ms/sample':>14} {'peak RSS MB':>12} {'bytes/sample':>13} {'first export s':>15} "
-          f"{'requests':>9} {'source starts':>14}")
+    print(f"machine: {results['machine']}; {results['runs']} runs each, medians")
+    print(f"{'':8} {'':9} {'samples':>8} {'CPU ms/sample':>14} {'peak RSS MB':>12} {'bytes/sample':>13} "
+          f"{'first export s':>15} {'requests':>9} {'source starts':>14}")
     for kind, m in results["exporters"].items():
         for which in ("exporter", "sdk"):
             r = m[which]
-            print(f"{kind:8} {which:9} {r['cpu_ms_per_sample']:14.3f} {r['peak_rss_mb']:12.1f} "
+            print(f"{kind:8} {which:9} {r['samples']:8.0f} {r['cpu_ms_per_sample']:14.3f} {r['peak_rss_mb']:12.1f} "
                   f"{r['bytes_per_sample']:13.0f} {r['first_export_s']:15.2f} {r['requests']:9.0f} "
                   f"{r['source_starts_after_first_sample']:14.0f}")
         ratio = m["ratio"]
-        print(f"{kind:8} {'ratio':9} {ratio['cpu_ms_per_sample']:14.2f} {ratio['peak_rss_mb']:12.2f} "
+        print(f"{kind:8} {'ratio':9} {'':8} {ratio['cpu_ms_per_sample']:14.2f} {ratio['peak_rss_mb']:12.2f} "
               f"{ratio['bytes_per_sample']:13.2f} {ratio['first_export_s']:15.2f}")
     print(f"macmon exporter at the default 5 s interval: {results['macmon_cpu_percent_at_5s_interval']:.4f} % "
           f"of one core")
