@@ -1,0 +1,46 @@
+"""make bench keeps working: a tiny run of the real tool (its numbers are not judged here: speed and
+memory are measured by `make bench`, never in a test), and the counting receiver it relies on."""
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+from conftest import TOOLS
+from otlp_receiver import Receiver
+
+
+def test_counting_receiver_keeps_nothing_and_counts_everything():
+    receiver = Receiver(keep=False)
+    try:
+        point = {"timeUnixNano": "1", "asDouble": 1.5}
+        body = json.dumps({"resourceMetrics": [{"resource": {"attributes": []}, "scopeMetrics": [{"metrics": [
+            {"name": "a", "unit": "W", "gauge": {"dataPoints": [point, point]}},
+            {"name": "b", "unit": "W", "gauge": {"dataPoints": [point]}}]}]}]}).encode()
+        for _ in range(3):
+            request = urllib.request.Request(receiver.url + "/v1/metrics", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+        assert (receiver.count("a"), receiver.count("b"), receiver.count("c")) == (6, 3, 0)
+        assert receiver.request_count == 3 and receiver.wire_bytes == 3 * len(body)
+        assert receiver.points == [] and receiver.requests == []
+    finally:
+        receiver.stop()
+
+
+def test_a_tiny_bench_run_writes_every_field(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, os.path.join(TOOLS, "bench.py"), "--only", "nvsmi", "--samples", "48",
+                           "--runs", "1", "--idle-seconds", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a target missed, which a tiny run may
+    results = json.loads(out.read_text())
+    nvsmi = results["exporters"]["nvsmi"]
+    for which in ("exporter", "sdk"):
+        assert nvsmi[which]["samples"] >= 48
+        assert nvsmi[which]["source_starts_after_first_sample"] == 0
+        assert nvsmi[which]["cpu_ms_per_sample"] > 0 and nvsmi[which]["peak_rss_mb"] > 5
+        assert nvsmi[which]["bytes_per_sample"] > 100 and nvsmi[which]["requests"] >= 1
+    assert set(nvsmi["ratio"]) >= {"cpu_ms_per_sample", "peak_rss_mb", "bytes_per_sample", "first_export_s"}
+    assert results["macmon_samples_in_idle_window"] >= 0 and "macmon_cpu_percent_at_5s_interval" in results
+    assert "ratio" in done.stdout and ("all targets met" in done.stdout or "TARGET MISSED" in done.stdout)
