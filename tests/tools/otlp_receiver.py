@@ -147,11 +147,14 @@ class Receiver:
             self.connections.clear()
 
     def reply(self, handler, status, body, headers=None):
+        """False when the answer could not be delivered (the exporter gave up waiting, or stop()
+        cut the connection): the exporter then never learns the request was accepted."""
         data = json.dumps(body).encode()
         try:
             self.send(handler, status, data, headers)
+            return True
         except OSError:
-            pass  # the exporter gave up waiting (timeout): nothing to answer
+            return False
 
     @staticmethod
     def send(handler, status, data, headers):
@@ -162,6 +165,7 @@ class Receiver:
             handler.send_header(key, value)
         handler.end_headers()
         handler.wfile.write(data)
+        handler.wfile.flush()  # here, so that a failed answer is seen by reply()
 
     def handle(self, handler):
         length = int(handler.headers.get("Content-Length", 0))
@@ -212,10 +216,22 @@ class Receiver:
             for p in points:
                 self.on_point(p)
         if mode == "partial":
-            self.reply(handler, 200, {"partialSuccess": {"rejectedDataPoints": "3",
-                                                         "errorMessage": "3 points had unknown units"}})
+            answered = self.reply(handler, 200, {"partialSuccess": {"rejectedDataPoints": "3",
+                                                                    "errorMessage": "3 points had unknown units"}})
         else:
-            self.reply(handler, 200, {"partialSuccess": {}})
+            answered = self.reply(handler, 200, {"partialSuccess": {}})
+        if not answered:
+            self.forget(points)
+
+    def forget(self, points):
+        """Like a collector that stopped before it acknowledged (and so before it kept anything):
+        a request whose answer never reached the exporter is not counted as delivered, since the
+        exporter will rightly send it again. Kept, it would read as a duplicate."""
+        gone = {id(p) for p in points}
+        with self.lock:
+            self.point_counts.subtract(p.metric for p in points)
+            if self.keep:
+                self.points = [p for p in self.points if id(p) not in gone]
 
     def count(self, name):
         """Accepted data points of one metric (kept or not)."""
