@@ -483,9 +483,6 @@ class MetricTable:
         return [{"name": n, "unit": u, "type": "sum" if k == SUM else "gauge",
                  "monotonic": k == SUM, "description": t} for n, u, k, t in self.rows]
 
-    def header(self, name):
-        return self.headers[name]
-
     def encode_header(self, name):
         """The Metric object up to its dataPoints list, as JSON text (made once per metric)."""
         unit, kind, text = self.by_name[name]
@@ -810,7 +807,7 @@ RETRYABLE_STATUS = (429, 502, 503, 504)
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
-INLINE_MAX_BYTES = 256 * 1024  # larger bodies (a backlog) go through the sender thread
+INLINE_MAX_BYTES = 256 * 1024  # a larger body (one outsized sample) goes through the sender thread
 # A batch is cut to about this much JSON. A backlog (a collector outage, a slow answer) then goes
 # out in many small requests instead of a few of up to --batch-max samples: building one request
 # holds about four copies of its body, and those peaks would set the exporter's resident memory.
@@ -1246,6 +1243,7 @@ class Sender(threading.Thread):
         return max(1, min(self.batch_max, REQUEST_TARGET_BYTES // self.sample_bytes))
 
     def build(self, batch):
+        """The request for a batch; its size per sample sets the next batch_size()."""
         body = build_request(self.table, self.resource_json, batch)
         self.sample_bytes = max(1, len(body) // len(batch))
         return body

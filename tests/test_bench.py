@@ -1,5 +1,5 @@
 """make bench keeps working: a tiny run of the real tool (its numbers are not judged here: speed and
-memory are measured by `make bench`, never in a test), and the counting receiver it relies on."""
+memory are measured by `make bench`, never in a test), and the receiver's counting it relies on."""
 import json
 import os
 import subprocess
@@ -44,3 +44,27 @@ def test_a_tiny_bench_run_writes_every_field(tmp_path):
     assert set(nvsmi["ratio"]) >= {"cpu_ms_per_sample", "peak_rss_mb", "bytes_per_sample", "first_export_s"}
     assert results["macmon_samples_in_idle_window"] >= 0 and "macmon_cpu_percent_at_5s_interval" in results
     assert "ratio" in done.stdout and ("all targets met" in done.stdout or "TARGET MISSED" in done.stdout)
+
+
+def test_a_request_the_receiver_could_not_acknowledge_is_not_counted(monkeypatch):
+    """Its answer never reached the exporter, which will send it again: kept, it would read as a
+    duplicate (Receiver.forget)."""
+    receiver = Receiver()
+    try:
+        def broken(*_args):
+            raise BrokenPipeError(32, "the exporter is gone")
+        monkeypatch.setattr(receiver, "send", broken)
+        body = json.dumps({"resourceMetrics": [{"resource": {"attributes": []}, "scopeMetrics": [{"metrics": [
+            {"name": "a", "unit": "W", "gauge": {"dataPoints": [{"timeUnixNano": "1", "asDouble": 1.5}]}}]}]}]})
+        request = urllib.request.Request(receiver.url + "/v1/metrics", body.encode(),
+                                         {"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=2).close()
+        except OSError:
+            pass  # no answer came, as intended
+        assert receiver.wait_for(lambda: receiver.request_count == 1, 10)
+        # read and decoded, but not counted as delivered
+        assert receiver.wait_for(lambda: len(receiver.requests) == 1 and receiver.count("a") == 0, 10)
+        assert receiver.series("a") == []
+    finally:
+        receiver.stop()

@@ -19,7 +19,8 @@
 #                   exporter itself takes to stop on SIGTERM at the default interval;
 #   load :: ...     (in capture.txt, only where PyTorch is installed) the exporter's query while the
 #                   GPU runs matrix multiplications.
-# STEPS (environment) picks steps: tool exporter query loop signals load (default: all).
+# Environment: STEPS picks steps (tool exporter query loop signals load; default all), RUN_SECONDS
+# is the length of the exporter's run at 1 s (default 20).
 # Every step records its exit status and goes on: a failing step is a finding, not a reason to stop.
 set -euo pipefail
 
@@ -95,9 +96,9 @@ run_exporter() {
 }
 
 measure_signals() {
-    python3 - "$OUT" "$REAL" "$EXPORTER" <<'PY'
+    python3 - "$OUT" "$REAL" "$EXPORTER" "$HERE" <<'PY'
 import json, os, random, select, signal, subprocess, sys, time
-out, real, exporter = sys.argv[1:4]
+out, real, exporter, here = sys.argv[1:5]
 fields = "index,power.draw,temperature.gpu"
 results = []
 
@@ -135,8 +136,8 @@ for sig, loop_ms, group in ((signal.SIGTERM, 5000, True), (signal.SIGTERM, 5000,
                     "first_row": first.decode(errors="replace").splitlines()[0] if first else ""})
 
 # the exporter at the default 5 s interval: how long a SIGTERM takes to end it (and its child)
-receiver = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(exporter), "..", "tests", "tools",
-                             "otlp_receiver.py"), "--port", "43182"], stdout=subprocess.DEVNULL)
+receiver = subprocess.Popen([sys.executable, os.path.join(here, "otlp_receiver.py"), "--port", "43182"],
+                            stdout=subprocess.DEVNULL)
 time.sleep(1)
 proc = subprocess.Popen([sys.executable, exporter, "--nvidia-smi", real, "--endpoint", "http://127.0.0.1:43182",
                          "--log-level", "debug"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
