@@ -204,7 +204,9 @@ def test_unusual_answers_are_finished_by_the_sender_thread_exactly_once(macmon_m
 def test_the_exporter_sends_inline_in_steady_state(receiver):
     """End to end: after the first export, requests come from the sampling thread, seen as the
     sender thread's parked state, and nothing is lost or repeated."""
-    exporter = start_macmon_exporter(receiver.url, "--log-level", "debug", fake_env={"FAKE_MACMON_SPEED": "20"})
+    # A sample every 0.2 s (speed 5): at 20x (every 50 ms) a loaded CI machine answered slower than
+    # samples came, so the sender thread rightly took over and sent them two to a request.
+    exporter = start_macmon_exporter(receiver.url, "--log-level", "debug", fake_env={"FAKE_MACMON_SPEED": "5"})
     assert receiver.wait_for(lambda: len(receiver.series("mac.power.total")) >= 40, 30)
     assert exporter.stop(timeout=30) == 0
     times = [p.time_ns for p in receiver.series("mac.power.total")]
