@@ -312,6 +312,12 @@ do_uninstall() {
   bash "$UNINSTALL"
 }
 
+# The exporter's own success lines, and only those: the first accepted export, the hourly delivery
+# note and the end of an outage. Anchored at the line's start, so neither the stop summary
+# ("stopped: ... delivered N") nor "N samples were not delivered" nor text quoted inside a warning
+# can pass for a send.
+SUCCESS_LINE='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z INFO (first export accepted by |delivered [0-9]+ samples in the last |collector is back after )'
+
 do_status() {
   local log
   if [ "$TPW_KIND" = mac ]; then
@@ -323,10 +329,10 @@ do_status() {
     log=""
   fi
   if [ -n "$log" ] && [ -f "$log" ]; then
-    say "last successful send: $(grep -E 'export accepted|delivered|collector is back' "$log" | tail -n 1 || true)"
+    say "last successful send: $(grep -E "$SUCCESS_LINE" "$log" | tail -n 1 || true)"
     say "last error: $(grep -E ' (WARNING|ERROR) ' "$log" | tail -n 1 || true)"
   elif command -v journalctl >/dev/null 2>&1 && [ "$TPW_KIND" = linux ]; then
-    say "last successful send: $(journalctl -u "$UNIT" --no-pager -o cat 2>/dev/null | grep -E 'export accepted|delivered|collector is back' | tail -n 1 || true)"
+    say "last successful send: $(journalctl -u "$UNIT" --no-pager -o cat 2>/dev/null | grep -E "$SUCCESS_LINE" | tail -n 1 || true)"
     say "last error: $(journalctl -u "$UNIT" --no-pager -o cat 2>/dev/null | grep -E ' (WARNING|ERROR) ' | tail -n 1 || true)"
   fi
 }

@@ -97,6 +97,8 @@ SELF_METRICS = [
     ("exporter.samples.read", "{sample}", SUM, "Samples parsed from the source since the exporter started"),
     ("exporter.datapoints.sent", "{datapoint}", SUM, "Data points the collector accepted"),
     ("exporter.datapoints.dropped", "{datapoint}", SUM, "Data points given up on, by reason"),
+    ("exporter.datapoints.resent", "{datapoint}", SUM,
+     "Data points sent again after a request whose answer never came (the collector may hold them twice)"),
     ("exporter.buffer.samples", "{sample}", GAUGE, "Samples waiting to be sent"),
     ("exporter.source.restarts", "{restart}", SUM, "Times the source process was restarted"),
     ("exporter.source.lines_skipped", "{line}", SUM, "Source lines skipped as unparsable"),
@@ -515,11 +517,14 @@ REQUEST_TEMPLATE = ('{"resourceMetrics":[{"resource":{"attributes":%s},"scopeMet
 class Sample:
     """One reading of the source: its time and its data points, already encoded as JSON text."""
 
-    __slots__ = ("time_ns", "points")
+    __slots__ = ("time_ns", "points", "unanswered")
 
     def __init__(self, time_ns, points):
         self.time_ns = time_ns
         self.points = points  # [(metric name, data point JSON text), ...]
+        # Requests that carried this sample, went out whole and got no answer: the collector may
+        # have stored each, so each is a possible duplicate once the sample is delivered.
+        self.unanswered = 0
 
 
 class EnergyCounter:
@@ -562,6 +567,8 @@ class Stats:
         self.samples_delivered = 0
         self.samples_dropped = {}
         self.points_sent = 0
+        self.samples_resent = 0
+        self.points_resent = 0
         self.points_dropped = {reason: 0 for reason in DROP_REASONS}
         self.source_restarts = 0
         self.lines_skipped = 0
@@ -573,9 +580,12 @@ class Stats:
             self.points_dropped[reason] = self.points_dropped.get(reason, 0) + sum(len(s.points) for s in samples)
 
     def delivered(self, samples):
+        resent = [s for s in samples if s.unanswered]
         with self.lock:
             self.samples_delivered += len(samples)
             self.points_sent += sum(len(s.points) for s in samples)
+            self.samples_resent += sum(s.unanswered for s in resent)
+            self.points_resent += sum(len(s.points) * s.unanswered for s in resent)
 
     def send_error(self, kind):
         with self.lock:
@@ -588,6 +598,7 @@ class Stats:
             out = [
                 ("exporter.samples.read", encode_point(time_ns, self.samples_read, (), start)),
                 ("exporter.datapoints.sent", encode_point(time_ns, self.points_sent, (), start)),
+                ("exporter.datapoints.resent", encode_point(time_ns, self.points_resent, (), start)),
                 ("exporter.buffer.samples", encode_point(time_ns, buffered)),
                 ("exporter.source.restarts", encode_point(time_ns, self.source_restarts, (), start)),
                 ("exporter.source.lines_skipped", encode_point(time_ns, self.lines_skipped, (), start)),
@@ -602,8 +613,9 @@ class Stats:
         with self.lock:
             dropped = sum(self.samples_dropped.values())
             detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.samples_dropped.items()) if v) or "none"
-            return (f"samples read {self.samples_read}, delivered {self.samples_delivered}, "
-                    f"dropped {dropped} ({detail}), lines skipped {self.lines_skipped}, "
+            return (f"samples read {self.samples_read}, delivered {self.samples_delivered} "
+                    f"(resent {self.samples_resent}), dropped {dropped} ({detail}), "
+                    f"lines skipped {self.lines_skipped}, "
                     f"source restarts {self.source_restarts}")
 
 
@@ -828,6 +840,7 @@ class Outcome:
         self.retry_after = retry_after
         self.rejected = rejected
         self.status = status
+        self.unanswered = False     # a retry after the request went out whole: it may have been stored
 
 
 def parse_retry_after(value):
@@ -929,6 +942,7 @@ class OtlpHttpClient:
         self.sock = None
         self.sock_timeout = None
         self.pending = b""  # received bytes not yet parsed
+        self.request_out = False  # the last request went out whole: a failure now may follow its storing
 
     def close(self):
         if self.sock is not None:
@@ -975,6 +989,7 @@ class OtlpHttpClient:
         """For the sampling thread: send on the open connection without blocking, then wait at
         most wait_s for the whole answer. Returns (stage, Outcome or None), stage being "answered",
         "sent" (the answer is still to come: finish_response) or "unsent" (nothing went out)."""
+        self.request_out = False
         if not self.can_send_inline():
             return "unsent", None
         data = self.request(body)
@@ -985,6 +1000,7 @@ class OtlpHttpClient:
         if sent != len(data):
             self.close()  # none or part of the request went out: the sender starts over
             return "unsent", None
+        self.request_out = True
         deadline = time.monotonic() + wait_s
         while not self.answer_complete():
             left = deadline - time.monotonic()
@@ -1002,7 +1018,9 @@ class OtlpHttpClient:
         """Read the answer to a request post_inline sent (blocking, up to the timeout)."""
         timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
         if self.sock is None:
-            return Outcome("retry", "connection closed before the answer", status="connection_reset")
+            outcome = Outcome("retry", "connection closed before the answer", status="connection_reset")
+            outcome.unanswered = True
+            return outcome
         return self.guarded(lambda: self.answer(timeout))
 
     def answer_complete(self):
@@ -1025,11 +1043,13 @@ class OtlpHttpClient:
         return self.guarded(lambda: self.exchange(data, timeout))
 
     def exchange(self, data, timeout):
+        self.request_out = False
         if self.sock is None:
             self.connect(timeout)
         else:
             self.set_timeout(timeout)
         self.sock.sendall(data)
+        self.request_out = True
         return self.answer()
 
     def answer(self, timeout=None):
@@ -1041,20 +1061,23 @@ class OtlpHttpClient:
         return classify_response(status, headers, body)
 
     def guarded(self, step):
-        """Run one network step; failures become retryable Outcomes and close the connection."""
+        """Run one network step; failures become retryable Outcomes and close the connection.
+        A failure after the request went out whole is marked unanswered: the collector may have
+        stored it, so the retry is at least once, and counted (exporter.datapoints.resent)."""
         try:
             return step()
         except socket.timeout:
-            self.close()
-            return Outcome("retry", "timeout", status="timeout")
+            outcome = Outcome("retry", "timeout", status="timeout")
         except OSError as exc:
-            self.close()
             if type(exc).__name__.startswith("SSL"):
-                return Outcome("retry", f"TLS error: {getattr(exc, 'reason', None) or exc}", status="tls")
-            return Outcome("retry", describe_network_error(exc), status=network_error_type(exc))
+                outcome = Outcome("retry", f"TLS error: {getattr(exc, 'reason', None) or exc}", status="tls")
+            else:
+                outcome = Outcome("retry", describe_network_error(exc), status=network_error_type(exc))
         except ValueError as exc:  # a length or chunk size that is not a number
-            self.close()
-            return Outcome("retry", f"malformed HTTP response from the collector ({exc})", status="bad_response")
+            outcome = Outcome("retry", f"malformed HTTP response from the collector ({exc})", status="bad_response")
+        outcome.unanswered = self.request_out
+        self.close()
+        return outcome
 
     def receive(self):
         """More bytes of the response onto self.pending; False at the end of the connection."""
@@ -1253,6 +1276,9 @@ class Sender(threading.Thread):
         again ("unsent", or a kept-alive connection the collector had closed), or act on it."""
         if stage == "sent":
             outcome = self.client.finish_response(self.remaining())
+        if outcome is not None and outcome.unanswered:
+            for sample in batch:
+                sample.unanswered += 1
         if outcome is None or outcome.status in ("connection_reset", "broken_pipe"):
             return self.deliver(batch)
         return self.deliver(batch, outcome)
@@ -1288,6 +1314,9 @@ class Sender(threading.Thread):
 
     def account(self, batch, outcome):
         if outcome.kind == "retry":
+            if outcome.unanswered:
+                for sample in batch:
+                    sample.unanswered += 1
             self.stats.send_error(str(outcome.status))
             self.note_outage(outcome)
             return
@@ -1709,35 +1738,68 @@ class Exporter:
         return EXIT_OK
 
 
-def run_once(args, source):
-    """One sample, one send: exit 0 only if the collector accepted it."""
-    exporter = Exporter(args, source)
-    exporter.stopping = threading.Event()
-    supervisor = Supervisor(source, args.interval, exporter.stats, exporter.stopping, max_starts=3)
-    sample = None
+def first_round(exporter, supervisor):
+    """The samples of one whole source round, for --once and --check: every GPU row of one
+    nvidia-smi round (and RAPL, which comes with the round's first row), one line for macmon."""
+    samples = []
+    expected = None
+    for read_ns, line in supervisor.lines():
+        sample = exporter.sample_from(read_ns, line)
+        if sample is None:
+            continue
+        if samples and exporter.source.starts_round():
+            break  # the next round began: this round had fewer rows than the source announced
+        samples.append(sample)
+        if expected is None:
+            expected = exporter.source.rows_per_interval()
+        if len(samples) >= expected:
+            break
+    return samples
+
+
+def read_first_round(exporter, interval, max_starts):
+    """Start the source, take one whole round, stop the source. [] when it gave nothing usable."""
+    stopping = threading.Event()
+    supervisor = Supervisor(exporter.source, interval, exporter.stats, stopping, max_starts=max_starts)
     try:
-        for read_ns, line in supervisor.lines():
-            sample = exporter.sample_from(read_ns, line)
-            if sample is not None:
-                break
+        return first_round(exporter, supervisor)
     finally:
-        exporter.stopping.set()
+        stopping.set()
         supervisor.close()
-    if sample is None:
+
+
+def post_samples(exporter, samples):
+    """One request with these samples, on a connection of its own. Returns the Outcome."""
+    client = exporter.make_client()
+    try:
+        return client.post(build_request(exporter.table, exporter.resource_json, samples))
+    finally:
+        client.close()
+
+
+def count_points(samples):
+    return sum(len(sample.points) for sample in samples)
+
+
+def run_once(args, source):
+    """One round of the source, one send: exit 0 only if the collector accepted it."""
+    exporter = Exporter(args, source)
+    samples = read_first_round(exporter, args.interval, max_starts=3)
+    if not samples:
         LOG.error("no sample from %s", SOURCE_NAME)
         return EXIT_EXPORT_FAILED
     if args.exporter != "otlp":
         if args.exporter == "console":
-            print_console(exporter.table, sample)
+            for sample in samples:
+                print_console(exporter.table, sample)
         return EXIT_OK
-    client = exporter.make_client()
-    outcome = client.post(build_request(exporter.table, exporter.resource_json, [sample]))
-    client.close()
+    outcome = post_samples(exporter, samples)
     if outcome.kind in ("ok", "partial"):
-        LOG.info("sent one sample (%d data points) to %s%s", len(sample.points), args.url,
+        LOG.info("sent %d sample%s (%d data points) to %s%s", len(samples), "" if len(samples) == 1 else "s",
+                 count_points(samples), args.url,
                  f"; {outcome.rejected} rejected: {outcome.detail}" if outcome.kind == "partial" else "")
         return EXIT_OK if outcome.kind == "ok" else EXIT_EXPORT_FAILED
-    LOG.error("the collector at %s did not accept the sample: %s", args.url, outcome.detail)
+    LOG.error("the collector at %s did not accept the samples: %s", args.url, outcome.detail)
     return EXIT_EXPORT_FAILED
 
 
@@ -1815,30 +1877,21 @@ def run_check(args, source):
     print(f"{SERVICE_NAME} {__version__} --check")
     sample_ok = source.check(report, args)
     exporter = Exporter(args, source)
-    sample = None
+    samples = []
     if sample_ok:
-        stopping = threading.Event()
-        supervisor = Supervisor(source, min(args.interval, 1.0), exporter.stats, stopping, max_starts=2)
         try:
-            for read_ns, line in supervisor.lines():
-                sample = exporter.sample_from(read_ns, line)
-                if sample is not None:
-                    break
+            samples = read_first_round(exporter, min(args.interval, 1.0), max_starts=2)
         except SourceUsageError as exc:
             report.fail("one sample", str(exc))
-        finally:
-            stopping.set()
-            supervisor.close()
-        if sample is not None:
-            report.ok("one sample parsed", f"{len(sample.points)} data points")
+        if samples:
+            report.ok("one sample parsed", f"{len(samples)} row{'' if len(samples) == 1 else 's'}, "
+                                           f"{count_points(samples)} data points")
         else:
             report.fail("one sample parsed", f"{SOURCE_NAME} gave no usable line")
     if args.exporter == "otlp" and check_collector(args, report):
-        if sample is None:
-            sample = Sample(time.time_ns(), exporter.stats.points(time.time_ns(), 0))
-        client = exporter.make_client()
-        outcome = client.post(build_request(exporter.table, exporter.resource_json, [sample]))
-        client.close()
+        if not samples:
+            samples = [Sample(time.time_ns(), exporter.stats.points(time.time_ns(), 0))]
+        outcome = post_samples(exporter, samples)
         if outcome.kind == "ok":
             report.ok("collector accepted a POST", args.url)
         else:

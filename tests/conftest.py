@@ -120,10 +120,24 @@ def run_cli(path, *args, env=None, timeout=30, python=None, cwd=None):
                           text=True, timeout=timeout, cwd=cwd)
 
 
+def need_peer(command, package):
+    """Skip (one line naming the package) when a system program the test runs as a real peer is
+    missing; with TPW_REQUIRE_PEERS=1 (.ci/run) that is a failure instead, so CI never skips it."""
+    if shutil.which(command) or os.access(f"/usr/sbin/{command}", os.X_OK):
+        return
+    message = (f"needs {command}: apt-get install {package} "
+               f"(make test installs it when run as root; tests/tools/install-test-peers.sh)")
+    if os.environ.get("TPW_REQUIRE_PEERS") == "1":
+        pytest.fail(message + " [TPW_REQUIRE_PEERS=1]", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     """A real sshd on 127.0.0.1 for the deploy and collector tests."""
     from sshd_peer import Sshd
+    need_peer("sshd", "openssh-server")
+    need_peer("ssh", "openssh-client")
     server = Sshd(tmp_path_factory.mktemp("ssh"))
     yield server
     server.stop()

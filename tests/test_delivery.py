@@ -11,13 +11,19 @@ import pytest
 from conftest import start_macmon_exporter
 from otlp_receiver import Receiver
 
-SUMMARY = re.compile(r"samples read (\d+), delivered (\d+), dropped (\d+)")
+SUMMARY = re.compile(r"samples read (\d+), delivered (\d+) \(resent (\d+)\), dropped (\d+)")
 
 
 def summary(stderr):
+    """(read, delivered, dropped) from the exporter's stop line."""
     found = SUMMARY.search(stderr)
     assert found, stderr[-2000:]
-    return tuple(int(x) for x in found.groups())
+    read, delivered, _resent, dropped = (int(x) for x in found.groups())
+    return read, delivered, dropped
+
+
+def resent(stderr):
+    return int(SUMMARY.search(stderr).group(3))
 
 
 def sample_times(receiver):
@@ -294,6 +300,25 @@ def test_outage_logs_stay_readable(macmon_mod):
 
 
 @pytest.mark.slow
+def test_an_answer_that_never_came_is_resent_and_counted(receiver):
+    """The collector stores a request and answers after the exporter's timeout: the exporter sends
+    it again (at least once) and counts the resent samples, in its stop line and as a series."""
+    receiver.mode, receiver.hang_s = "slow", 1.5
+    exporter = start_macmon_exporter(receiver.url, "--timeout", "400", fake_env={"FAKE_MACMON_SPEED": "20"})
+    assert receiver.wait_for(lambda: receiver.request_count >= 2, 20)
+    receiver.mode = "accept"
+    assert receiver.wait_for(lambda: receiver.series("exporter.datapoints.resent")
+                             and receiver.series("exporter.datapoints.resent")[-1].value > 0, 30)
+    assert exporter.stop() == 0
+    read, delivered, dropped = summary(exporter.stderr)
+    times = sample_times(receiver)
+    duplicates = len(times) - len(set(times))
+    assert read == delivered and dropped == 0 and len(set(times)) == delivered
+    assert 1 <= duplicates <= resent(exporter.stderr)
+    series = receiver.series("exporter.datapoints.resent")
+    assert series[0].kind == "sum" and series[0].monotonic
+
+
 def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
     """Tens of thousands of samples with faults switched at random: read = delivered + dropped,
     and resident memory stays flat."""
@@ -340,7 +365,10 @@ def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
           f"RSS KiB first/median/last {rss[0]}/{sorted(rss)[len(rss) // 2]}/{rss[-1]} over {len(rss)} readings")
     assert read >= 10000
     assert read == delivered + dropped
-    assert len(times) == delivered and len(set(times)) == len(times)
+    # At least once: every delivered sample arrived, and a sample arrived twice only where the
+    # exporter sent it again after an answer that never came (it counts those).
+    assert len(set(times)) == delivered
+    assert len(times) - len(set(times)) <= resent(exporter.stderr)
     quarter = max(1, len(rss) // 4)
     assert max(rss[-quarter:]) <= max(rss[:quarter]) * 1.25 + 4096, rss
 

@@ -8,9 +8,11 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 
 import pytest
-from conftest import ROOT, TOOLS
+from conftest import ROOT, TOOLS, need_peer, start_macmon_exporter
+from otlp_receiver import Receiver
 
 SHELL_SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "deploy", "*.sh"))
                        + glob.glob(os.path.join(ROOT, "tests", "tools", "*.sh"))) + [os.path.join(ROOT, ".ci", "run")]
@@ -40,6 +42,7 @@ def test_systemd_unit_verifies(tmp_path):
             (unit_dir / "nvsmi-otel-exporter.service.d").mkdir()
             shutil.copy(os.path.join(ROOT, "units", "nvsmi-otel-exporter.service.d", "rapl-root.conf"),
                         unit_dir / "nvsmi-otel-exporter.service.d")
+        need_peer("systemd-analyze", "systemd")
         result = subprocess.run(["systemd-analyze", "verify", str(unit_dir / "nvsmi-otel-exporter.service")],
                                 capture_output=True, text=True, env=dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:"))
         assert result.returncode == 0, result.stderr
@@ -47,6 +50,7 @@ def test_systemd_unit_verifies(tmp_path):
 
 
 def test_systemd_unit_exposure_is_ok():
+    need_peer("systemd-analyze", "systemd")
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=49", UNIT],
                             capture_output=True, text=True)
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
@@ -315,3 +319,43 @@ def test_mac_status_reads_launchd_and_the_exporter_log(lab):
     assert "state = running" in result.stdout
     assert "last successful send: 2026-11-27T05:12:00Z INFO collector is back" in result.stdout
     assert "last error: 2026-11-27T05:10:00Z WARNING cannot deliver" in result.stdout
+
+
+def real_exporter_log(tmp_path):
+    """The stderr of a real exporter run: first export accepted, an outage, a stop during it (so
+    its last lines are "N samples were not delivered before exit" and "stopped: ... delivered M")."""
+    receiver = Receiver()
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "20"})
+    try:
+        assert receiver.wait_for(lambda: receiver.series("mac.power.total"), 20)
+        receiver.stop()
+        time.sleep(1.5)  # samples pile up in the buffer while the collector is down
+        assert exporter.stop() == 0
+    finally:
+        receiver.stop()
+    return exporter.stderr
+
+
+def test_status_reads_only_the_exporters_real_success_lines(lab, tmp_path):
+    log_text = real_exporter_log(tmp_path)
+    lines = log_text.splitlines()
+    assert "were not delivered before exit" in log_text and re.search(r"stopped: .*delivered \d+", lines[-1])
+    accepted = [line for line in lines if " INFO first export accepted by " in line]
+    assert len(accepted) == 1
+    assert lab.make("deploy", "mac-agent").returncode == 0
+    log = lab.remote_root / "root/Library/Logs/tokens-per-watt/macmon-exporter.log"
+    # A collector's message quoted inside a warning must not pass for a send either.
+    log.write_text(log_text + "2026-11-27T05:30:00Z WARNING collector said: x INFO first export accepted by y\n")
+    result = lab.make("status", "mac-agent")
+    assert result.returncode == 0, result.stderr
+    assert f"last successful send: {accepted[0]}" in result.stdout
+
+
+def test_a_missing_peer_skips_with_its_package_or_fails_when_required(monkeypatch):
+    monkeypatch.delenv("TPW_REQUIRE_PEERS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install no-such-package"):
+        need_peer("no-such-peer-program", "no-such-package")
+    monkeypatch.setenv("TPW_REQUIRE_PEERS", "1")
+    with pytest.raises(pytest.fail.Exception, match="TPW_REQUIRE_PEERS=1"):
+        need_peer("no-such-peer-program", "no-such-package")
+    need_peer("sh", "dash")  # present: nothing happens

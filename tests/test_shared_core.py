@@ -2,10 +2,11 @@
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 
 import pytest
-from conftest import EXPORTER_PYTHON, FAKE_MACMON, MACMON_EXPORTER, NVSMI_EXPORTER
+from conftest import EXPORTER_PYTHON, FAKE_MACMON, MACMON_EXPORTER, NVSMI_EXPORTER, ROOT
 from otlp_receiver import Receiver
 
 BEGIN = "# ===== BEGIN SHARED CORE"
@@ -25,6 +26,53 @@ def test_shared_core_is_identical():
         for number, (a, b) in enumerate(zip(macmon.splitlines(), nvsmi.splitlines()), 1):
             assert a == b, f"shared core differs at line {number} of the block; run `make sync`"
     assert macmon == nvsmi, "shared core lengths differ; run `make sync`"
+
+
+def test_the_sync_stamp_is_the_core_of_both_copies():
+    import hashlib
+    with open(os.path.join(ROOT, "tests", "tools", "shared-core.sha256")) as fh:
+        stamp = fh.read().split()[0]
+    for path in (MACMON_EXPORTER, NVSMI_EXPORTER):
+        text = open(path).read()
+        block = text[text.index(BEGIN):text.index(END) + len(END)]
+        assert hashlib.sha256(block.encode()).hexdigest() == stamp, f"{path}: run `make sync`"
+
+
+def sync_copy(tmp_path):
+    """A copy of the exporters and the sync tool, to edit and sync without touching the repository."""
+    for part in ("exporters", os.path.join("tests", "tools")):
+        os.makedirs(tmp_path / part, exist_ok=True)
+    for name in ("macmon-otel-exporter.py", "nvsmi-otel-exporter.py"):
+        shutil.copy(os.path.join(ROOT, "exporters", name), tmp_path / "exporters" / name)
+    for name in ("sync_shared.py", "shared-core.sha256"):
+        shutil.copy(os.path.join(ROOT, "tests", "tools", name), tmp_path / "tests" / "tools" / name)
+    return lambda *args: subprocess.run([sys.executable, str(tmp_path / "tests" / "tools" / "sync_shared.py"), *args],
+                                        capture_output=True, text=True, timeout=30)
+
+
+def test_make_sync_refuses_to_overwrite_an_edit_of_the_nvidia_copy(tmp_path):
+    sync = sync_copy(tmp_path)
+    nvidia = tmp_path / "exporters" / "nvsmi-otel-exporter.py"
+    edited = nvidia.read_text().replace("def jitter():", "def jitter():  # edited here by mistake", 1)
+    nvidia.write_text(edited)
+    result = sync()
+    assert result.returncode == 3
+    assert "was edited since the last sync; syncing would lose that edit" in result.stderr
+    assert nvidia.read_text() == edited  # untouched
+    assert sync("--check").returncode == 1
+
+
+def test_make_sync_carries_an_edit_of_the_macmon_copy(tmp_path):
+    sync = sync_copy(tmp_path)
+    macmon = tmp_path / "exporters" / "macmon-otel-exporter.py"
+    macmon.write_text(macmon.read_text().replace("def jitter():", "def jitter():  # edited in the one place", 1))
+    assert sync("--check").returncode == 1
+    result = sync()
+    assert result.returncode == 0, result.stderr
+    assert "# edited in the one place" in (tmp_path / "exporters" / "nvsmi-otel-exporter.py").read_text()
+    assert sync("--check").returncode == 0
+    stamp = (tmp_path / "tests" / "tools" / "shared-core.sha256").read_text()
+    assert stamp != open(os.path.join(ROOT, "tests", "tools", "shared-core.sha256")).read()
 
 
 def test_exporters_import_nothing_from_the_repository():

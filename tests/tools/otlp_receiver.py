@@ -92,7 +92,8 @@ class Receiver:
         self.wire_bytes = 0     # their bodies as sent (compressed or not)
         self.point_counts = collections.Counter()  # metric name -> accepted data points
         self.arrivals = []      # monotonic time of every request, answered or not
-        self.mode = "accept"    # accept | hang | 429 | 503 | 400 | 413 | partial
+        # accept | hang | 429 | 503 | 400 | 413 | partial | slow (store, then answer after hang_s)
+        self.mode = "accept"
         self.retry_after = None
         self.hang_s = 5.0
         self.max_body = None    # answer 413 above this many bytes
@@ -215,6 +216,12 @@ class Receiver:
         if self.on_point:
             for p in points:
                 self.on_point(p)
+        if mode == "slow":
+            # A collector that stored the request and answers late: if the exporter has given up
+            # by then, it sends the request again and this copy stays (at least once).
+            time.sleep(self.hang_s)
+            self.reply(handler, 200, {"partialSuccess": {}})
+            return
         if mode == "partial":
             answered = self.reply(handler, 200, {"partialSuccess": {"rejectedDataPoints": "3",
                                                                     "errorMessage": "3 points had unknown units"}})
