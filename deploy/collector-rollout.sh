@@ -73,15 +73,19 @@ healthy() {
   return 1
 }
 
-accepted_points() {  # total otelcol_receiver_accepted_metric_points, or empty when unreadable
-  fetch "$METRICS_URL" 2>/dev/null | awk '/^otelcol_receiver_accepted_metric_points[{ ]/ {sum += $NF; seen = 1} END {if (seen) printf "%d\n", sum}'
+# Points the otlp receiver accepted (what the exporters and LiteLLM send), or empty when unreadable.
+# Only that receiver: a llama.cpp scrape adds up/scrape_* points every 15 s even when it fails, so
+# counting every receiver would call a collector with no exporter sending "rising".
+accepted_points() {
+  fetch "$METRICS_URL" 2>/dev/null \
+    | awk '/^otelcol_receiver_accepted_metric_points\{([^}]*,)?receiver="otlp"[,}]/ {sum += $NF; seen = 1} END {if (seen) printf "%d\n", sum}'
 }
 
 traffic_rises() {
   [ "$REQUIRE_TRAFFIC" = 1 ] || return 0
   local first now waited=0
   first="$(accepted_points)"
-  [ -n "$first" ] || { say "no otelcol_receiver_accepted_metric_points at $METRICS_URL"; return 1; }
+  [ -n "$first" ] || { say "no otelcol_receiver_accepted_metric_points of the otlp receiver at $METRICS_URL"; return 1; }
   while [ "$waited" -lt "$TRAFFIC_WAIT" ]; do
     sleep 1; waited=$((waited + 1))
     now="$(accepted_points)"
@@ -121,6 +125,22 @@ stage_new_config() {  # copy the profile's files into tpw-<hash>; prints that fo
   mv "$CONF_DIR/$NEW_NAME.tmp" "$CONF_DIR/$NEW_NAME"
 }
 
+# memory_limiter refuses to start when its limit is not above its spike limit; say so before any
+# rollout, in words, instead of a validate error.
+check_memory_setting() {
+  local limit spike
+  limit="$(sed -n 's/^TPW_COLLECTOR_MEMORY_MIB=//p' "$ENV_FILE" 2>/dev/null | tail -n 1)"
+  [ -n "$limit" ] || return 0
+  spike="$(awk '/spike_limit_mib:/ {print $2; exit}' "$CONF_DIR/$NEW_NAME/gateway.yaml")"
+  case "$limit" in
+    *[!0-9]*) err "TPW_COLLECTOR_MEMORY_MIB=$limit in $ENV_FILE is not a number of MiB; set it above $spike (default 512)" ;;
+  esac
+  if [ "$limit" -le "$spike" ]; then
+    rm -rf "${CONF_DIR:?}/$NEW_NAME"
+    err "TPW_COLLECTOR_MEMORY_MIB=$limit in $ENV_FILE is at or below the memory_limiter spike limit ($spike MiB); set it above $spike (default 512). The running config is untouched"
+  fi
+}
+
 validate_new_config() {
   local options
   options="$(options_for "$CONF_DIR/$NEW_NAME")"
@@ -156,6 +176,7 @@ main() {
     say "no change: collector config ${profile:-signoz} ($NEW_NAME) is already running"
     return
   fi
+  check_memory_setting
   validate_new_config
   say "roll out $NEW_NAME (backends: ${profile:-signoz}); previous: ${previous_name:-none}"
   if [ "$DRY_RUN" = 1 ]; then say "dry run: nothing changed"; return; fi

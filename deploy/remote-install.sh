@@ -209,6 +209,8 @@ install_agent() {
   [ -n "${TPW_GATEWAY:-}" ] || err "the Mac-local agent needs TPW_GATEWAY (the gateway URL)"
   install_signed_binary "$STAGE/otelcol-contrib" "$APP_DIR/otelcol-contrib" CHANGED_AGENT
   install_file "$STAGE/agent-mac.yaml" "$APP_DIR/otelcol-agent.yaml" 0644 CHANGED_AGENT
+  # The agent's sending queue on disk (file_storage/queue); the daemon runs as this same user.
+  run mkdir -p "$APP_DIR/otelcol-queue"
   sed -e "s|__BINARY__|$APP_DIR/otelcol-contrib|g" -e "s|__CONFIG__|$APP_DIR/otelcol-agent.yaml|g" \
       -e "s|__GATEWAY__|$TPW_GATEWAY|g" -e "s|__APP_DIR__|$APP_DIR|g" -e "s|__LOG_DIR__|$LOG_DIR|g" \
       -e "s|__USER__|${TPW_SSH_USER:-$(id -un)}|g" "$STAGE/$AGENT_LABEL.plist" > "$rendered"

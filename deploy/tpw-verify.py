@@ -165,14 +165,16 @@ def main():
         print(f"collector     FAILING      cannot read its metrics ({exc}); is it running?")
         return 1
     samples = parse_prometheus(page)
-    accepted = total(samples, "otelcol_receiver_accepted_metric_points")
+    # The otlp receiver only: a llama.cpp scrape adds up/scrape_* points every 15 s even when it
+    # fails, which would read as traffic with no exporter sending at all.
+    accepted = total(samples, "otelcol_receiver_accepted_metric_points", receiver="otlp")
     refused = total(samples, "otelcol_receiver_refused_metric_points")
     receivers = sorted({ls.get("receiver") for n, ls, _ in samples if n == "otelcol_receiver_accepted_metric_points"})
     state = "OK" if accepted > 0 and refused == 0 else "FAILING"
-    why = "nothing accepted yet: are the exporters sending here?" if accepted == 0 else \
+    why = "the otlp receiver accepted nothing yet: are the exporters sending here?" if accepted == 0 else \
         (f"{refused:.0f} points refused (memory_limiter?)" if refused else "")
     print(f"{'collector':<13} {state:<12} receivers {', '.join(filter(None, receivers)) or 'none'}: "
-          f"accepted {accepted:.0f}, refused {refused:.0f}{'; ' + why if why else ''}")
+          f"otlp accepted {accepted:.0f}, refused {refused:.0f}{'; ' + why if why else ''}")
     worst = 0 if state == "OK" else 1
     for backend in BACKENDS:
         status, detail = verdict(backend, samples, args.series, args.minutes)

@@ -69,7 +69,7 @@ def test_each_profile_defines_only_the_exporters_it_uses():
     for profile in PROFILES:
         config = merged(profile)
         used = {e for p in config["service"]["pipelines"].values() for e in p["exporters"]}
-        assert set(config["exporters"]) - {"debug"} == used, profile
+        assert set(config["exporters"]) == used, profile
     assert "signalfx" not in merged("signoz+splunk")["exporters"]
     assert merged("all")["exporters"]["splunk_hec/metrics"]["index"] == "lab_otel_metrics"
     assert merged("all")["exporters"]["splunk_hec/events"]["index"] == "lab_otel"
@@ -95,10 +95,16 @@ def test_gateway_essentials():
 
 def test_every_env_reference_is_documented_and_no_literal_secret():
     documented = set(re.findall(r"^([A-Z0-9_]+)=", open(os.path.join(OTELCOL, "collector.env.example")).read(), re.M))
+    gateway_files = [p for p in glob.glob(os.path.join(OTELCOL, "**", "*.yaml"), recursive=True)
+                     if not p.endswith(("agent-mac.yaml", "litellm-config.yaml"))]
+    used = set()
+    for path in gateway_files:
+        used |= set(ENV_REF.findall(open(path).read()))
+    assert used <= documented, f"undocumented in collector.env.example: {sorted(used - documented)}"
+    # ...and the example documents nothing the gateway does not read (TPW_BACKENDS is make collector's)
+    assert documented - used == {"TPW_BACKENDS"}, sorted(documented - used)
     for path in glob.glob(os.path.join(OTELCOL, "**", "*.yaml"), recursive=True):
         text = open(path).read()
-        for name in ENV_REF.findall(text):
-            assert name in documented, f"{os.path.basename(path)} uses ${{env:{name}}}, undocumented"
         for key in ("token", "access_token", "signoz-ingestion-key", "X-SF-Token", "api_key"):
             for found in re.finditer(rf"^\s*{re.escape(key)}:\s*(.+)$", text, re.M):
                 value = found.group(1).strip().strip('"')
@@ -106,6 +112,45 @@ def test_every_env_reference_is_documented_and_no_literal_secret():
     example = open(os.path.join(OTELCOL, "collector.env.example")).read()
     for secret in ("SIGNOZ_INGESTION_KEY", "SPLUNK_HEC_TOKEN", "SPLUNK_O11Y_TOKEN"):
         assert re.search(rf"^{secret}=$", example, re.M), f"{secret} must be empty in the example"
+
+
+def test_the_agent_reads_exactly_what_its_plist_sets():
+    with open(os.path.join(ROOT, "plists", "io.tokens-per-watt.otelcol-agent.plist"), "rb") as fh:
+        import plistlib
+        plist = plistlib.load(fh)
+    text = open(os.path.join(OTELCOL, "agent-mac.yaml")).read()
+    assert set(ENV_REF.findall(text)) == set(plist["EnvironmentVariables"])
+    for name in plist["EnvironmentVariables"]:
+        assert re.search(rf"^#\s+{name}\b", text, re.M), f"agent-mac.yaml's header must name {name}"
+
+
+def test_the_agents_queue_survives_a_restart():
+    config = load("agent-mac.yaml")
+    queue = config["exporters"]["otlphttp/gateway"]["sending_queue"]
+    storage = queue["storage"]
+    assert queue["enabled"] and storage in config["extensions"] and storage in config["service"]["extensions"]
+    assert storage.startswith("file_storage") and config["extensions"][storage]["directory"].startswith("${env:")
+    limiter = config["processors"]["memory_limiter"]
+    assert limiter["limit_mib"] > limiter["spike_limit_mib"]
+
+
+def test_transform_processors_ignore_errors_and_memory_is_above_the_spike():
+    for profile in PROFILES:
+        config = merged(profile)
+        for name, processor in config["processors"].items():
+            if name.startswith("transform"):
+                assert processor.get("error_mode") == "ignore", (profile, name)
+        limiter = config["processors"]["memory_limiter"]
+        default = int(re.search(r":-(\d+)\}", str(limiter["limit_mib"])).group(1))
+        assert default > limiter["spike_limit_mib"]
+    example = open(os.path.join(OTELCOL, "collector.env.example")).read()
+    assert int(re.search(r"^TPW_COLLECTOR_MEMORY_MIB=(\d+)$", example, re.M).group(1)) > 128
+
+
+def test_readme_names_the_llama_swap_version_and_keeps_its_default_pattern():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "v229" in readme and "upstream.ignorePaths" in readme
+    assert r"'.*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$'" in readme and "'^/metrics$'" in readme
 
 
 def test_litellm_excerpt():
@@ -190,6 +235,33 @@ def test_rollout_validates_swaps_checks_and_is_idempotent(gateway):
     third = gateway.make("collector", "ai-stack")
     assert third.returncode == 0, third.stdout + third.stderr
     assert gateway.link() != link and "o11y.yaml" in gateway.options()[0]
+
+
+def test_rollout_needs_otlp_traffic_not_just_scrapes(gateway):
+    """The stand-in collector's otlp receiver accepts nothing while its llama.cpp scrape points
+    rise: the rollout must not call that traffic, and rolls back."""
+    assert gateway.make("collector", "ai-stack").returncode == 0
+    running = gateway.link()
+    with open(gateway.top / "otelcol" / "gateway.yaml", "a") as fh:
+        fh.write("# TEST: scrapes only\n")
+    result = gateway.make("collector", "ai-stack")
+    assert result.returncode != 0, result.stdout
+    assert "accepted metric points did not rise" in result.stdout and "rolled back to" in result.stderr
+    assert gateway.link() == running
+
+
+def test_a_memory_limit_at_the_spike_limit_is_refused_before_rollout(gateway):
+    assert gateway.make("collector", "ai-stack").returncode == 0
+    running, options = gateway.link(), gateway.options()
+    gateway.calls()
+    gateway.conf.write_text(gateway.conf.read_text() + "TPW_COLLECTOR_MEMORY_MIB=128\n")
+    with open(gateway.top / "otelcol" / "gateway.yaml", "a") as fh:
+        fh.write("# a change, so the rollout runs\n")
+    result = gateway.make("collector", "ai-stack")
+    assert result.returncode != 0
+    assert "TPW_COLLECTOR_MEMORY_MIB=128" in result.stderr and "spike limit (128 MiB)" in result.stderr
+    assert gateway.link() == running and gateway.options() == options
+    assert not [c for c in gateway.calls() if "restart" in c or "validate" in c]
 
 
 def test_invalid_config_is_never_swapped_in(gateway):
@@ -327,7 +399,7 @@ def test_verify_all_good():
         backends.stop()
     assert result.returncode == 0, result.stdout + result.stderr
     got = lines(result)
-    assert "OK" in got["collector"] and "accepted 21054" in got["collector"]
+    assert "OK" in got["collector"] and "otlp accepted 18844" in got["collector"]
     for backend in ("signoz", "splunk", "o11y"):
         assert got[backend].split()[1] == "OK", got[backend]
     auth = {path.split("?")[0]: headers for _m, path, headers, _b in backends.seen}
@@ -366,6 +438,30 @@ def test_verify_nothing_sent_and_skipped_backends():
     got = lines(result)
     assert "FAILING" in got["signoz"] and "nothing was sent" in got["signoz"]
     assert "SKIPPED" in got["splunk"] and "SPLUNK_REST_URL" in got["splunk"]
+
+
+def test_verify_counts_the_otlp_receiver_only():
+    """A llama.cpp scrape that fails still adds up/scrape_* points: that is no exporter traffic."""
+    backends = Backends({"signoz": True, "splunk": True, "o11y": True})
+    try:
+        page = COLLECTOR_PAGE.replace('receiver="otlp",service_instance_id="5e2c",service_name="otelcol-contrib",'
+                                      'service_version="0.140.0",transport="http"} 18844',
+                                      'receiver="otlp",service_instance_id="5e2c",service_name="otelcol-contrib",'
+                                      'service_version="0.140.0",transport="http"} 0')
+        assert page != COLLECTOR_PAGE
+        text = page
+        for key, value in {"splunk_sent": 0, "splunk_failed": 0, "splunk_queue": 0}.items():
+            text = text.replace("{" + key + "}", str(value))
+        backends.page = text
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "deploy", "tpw-verify.py"), "--metrics-url",
+                                 backends.url + "/metrics"], capture_output=True, text=True, timeout=60,
+                                env={k: v for k, v in os.environ.items() if not k.startswith(("SIGNOZ_", "SPLUNK_"))})
+    finally:
+        backends.stop()
+    got = lines(result)
+    assert result.returncode == 1
+    assert "FAILING" in got["collector"] and "otlp accepted 0" in got["collector"]
+    assert "the otlp receiver accepted nothing yet" in got["collector"]
 
 
 def test_verify_when_the_collector_is_down():

@@ -84,7 +84,8 @@ def test_plists_parse_with_required_keys_and_no_secret(path):
     assert plist["ThrottleInterval"] >= 10 and plist["ProcessType"] == "Background" and plist["RunAtLoad"]
     if agent:
         assert plist["ProgramArguments"] == ["__BINARY__", "--config=__CONFIG__"]
-        assert set(plist["EnvironmentVariables"]) == {"TPW_GATEWAY_ENDPOINT"}  # an address, not a secret
+        # an address and a folder, not a secret
+        assert set(plist["EnvironmentVariables"]) == {"TPW_GATEWAY_ENDPOINT", "TPW_AGENT_QUEUE_DIR"}
     else:
         assert plist["ProgramArguments"][2] == "--env-file"
         assert "EnvironmentVariables" not in plist  # settings and tokens live in the 0600 env file
@@ -225,7 +226,9 @@ def test_mac_local_agent_and_collector_binary_signed_only_when_needed(lab, tmp_p
     with open(agent, "rb") as fh:
         plist = plistlib.load(fh)
     assert plist["ProgramArguments"] == [str(installed), f"--config={app}/otelcol-agent.yaml"]
-    assert plist["EnvironmentVariables"] == {"TPW_GATEWAY_ENDPOINT": "http://192.168.1.10:4318"}
+    assert plist["EnvironmentVariables"] == {"TPW_GATEWAY_ENDPOINT": "http://192.168.1.10:4318",
+                                             "TPW_AGENT_QUEUE_DIR": f"{app}/otelcol-queue"}
+    assert (app / "otelcol-queue").is_dir()  # the agent's queue on disk, made by the deploy
     assert (app / "otelcol-agent.yaml").read_text() == open(os.path.join(ROOT, "otelcol", "agent-mac.yaml")).read()
     signed = installed.read_bytes()
 
