@@ -2098,6 +2098,54 @@ def readings_from(document):
     return readings
 
 
+# A frozen channel (macOS 27 betas, macmon issue 76): without Apple's entitlement the CPU energy
+# counter stops, and macmon then reports cpu_power 0.0 W while the CPU is plainly busy. A power
+# domain that reads exactly 0.0 W for FROZEN_AFTER_S while its own usage is at least BUSY_RATIO
+# is a stopped counter, not a reading: its series (and mac.power.total, which includes it) are
+# left out until the channel moves again.
+FROZEN_AFTER_S = 60.0
+BUSY_RATIO = 0.05
+FREEZE_WATCH = [("mac.power.cpu", ("mac.cpu.ecpu_usage", "mac.cpu.pcpu_usage")),
+                ("mac.power.gpu", ("mac.gpu.usage",))]
+
+
+class FrozenChannels:
+    """Leaves out the readings of power channels that are frozen at 0.0 W (see FREEZE_WATCH)."""
+
+    def __init__(self):
+        self.zero_since = {}  # domain -> time (ns) its zeros under load began
+        self.frozen = set()
+
+    def filter(self, time_ns, readings):
+        for domain, usages in FREEZE_WATCH:
+            watts = readings.get(domain)
+            if watts is None:
+                continue
+            if watts != 0.0:
+                self.zero_since.pop(domain, None)
+                if domain in self.frozen:
+                    self.frozen.discard(domain)
+                    LOG.info("%s moves again (%.2f W): sending it again", domain, watts)
+                continue
+            if domain in self.frozen:
+                del readings[domain]
+                continue
+            usage = max(readings.get(name, 0.0) for name in usages)
+            if usage < BUSY_RATIO:
+                self.zero_since.pop(domain, None)
+                continue
+            since = self.zero_since.setdefault(domain, time_ns)
+            if time_ns - since >= FROZEN_AFTER_S * 1e9:
+                self.frozen.add(domain)
+                del readings[domain]
+                LOG.warning("%s has read exactly 0.0 W for %.0fs while usage is %.0f%%: the channel is frozen "
+                            "(macOS 27 betas, macmon issue 76), not idle; leaving it and mac.power.total out "
+                            "until it moves again", domain, (time_ns - since) / 1e9, usage * 100)
+        if self.frozen:
+            readings.pop("mac.power.total", None)  # it includes the frozen domain's share
+        return readings
+
+
 class Source:
     """macmon as the source of samples: finding it, its command line, and its lines."""
 
@@ -2110,6 +2158,7 @@ class Source:
         self.args = args
         self.path = None
         self.version = None
+        self.frozen_channels = FrozenChannels()  # not reset with macmon: a frozen channel stays frozen
         self.reset()
 
     @staticmethod
@@ -2159,7 +2208,7 @@ class Source:
         readings = readings_from(document)
         if not readings:
             raise ValueError("no known field")
-        return time_ns, self.points(time_ns, readings)
+        return time_ns, self.points(time_ns, self.frozen_channels.filter(time_ns, readings))
 
     def points(self, time_ns, readings):
         interval = self.args.interval

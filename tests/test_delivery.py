@@ -194,6 +194,34 @@ def test_source_failures_are_restarted_and_counted(receiver, tmp_path, fault, ex
     assert read == delivered and dropped == 0
 
 
+def test_a_frozen_cpu_channel_is_left_out_said_once_and_back_when_it_moves(receiver):
+    """The stand-in freezes the CPU energy channel (cpu_power 0.0 while busy) for lines 5-99,
+    one line per second of sample time."""
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "25",
+                                                             "FAKE_MACMON_FREEZE": "cpu:5:100"})
+    def gpu_times():  # every sample has GPU power; mac.power.total is left out while frozen
+        return sorted({p.time_ns for p in receiver.series("mac.power.gpu")})
+
+    assert receiver.wait_for(lambda: len(gpu_times()) >= 110, 30)
+    assert exporter.stop() == 0
+    times = gpu_times()
+    start = times[0]
+    cpu = {p.time_ns: p.value for p in receiver.series("mac.power.cpu")}
+    total = {p.time_ns for p in receiver.series("mac.power.total")}
+
+    def second(t):
+        return round((t - start) / 1e9)
+
+    frozen_at = [second(t) for t in times if t not in cpu]
+    # left out from a minute into the freeze (line 5 + 60 s) until the channel moved (line 100)
+    assert frozen_at == list(range(65, 100)), frozen_at
+    assert all(cpu[t] == 0.0 for t in times if 5 <= second(t) < 65)
+    assert all(cpu[t] > 0 for t in times if second(t) < 5 or second(t) >= 100)
+    assert {second(t) for t in times if t not in total} == set(frozen_at)
+    assert exporter.stderr.count("the channel is frozen") == 1
+    assert "mac.power.cpu moves again" in exporter.stderr
+
+
 def test_garbage_lines_are_skipped_and_counted(receiver):
     exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "20",
                                                              "FAKE_MACMON_FAIL": "garbage:4"})

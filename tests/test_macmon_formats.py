@@ -182,3 +182,36 @@ def test_timestamps_agree_with_datetime(macmon_mod, moment, offsets, digits):
         local = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
         expected = calendar.timegm(local.astimezone(timezone.utc).timetuple()) * 10**9 + expected_nanos
         assert macmon_mod.parse_timestamp_ns(stamp_text(local, offset_minutes, digits, nanos)) == expected
+
+
+# ---- a frozen power channel (macOS 27 betas, macmon issue 76)
+
+def frozen_run(mod, readings_per_second):
+    """Feed FrozenChannels one reading a second; returns what it let through each second."""
+    guard = mod.FrozenChannels()
+    return [guard.filter(int(t * 1e9), dict(readings)) for t, readings in enumerate(readings_per_second)]
+
+
+def test_a_busy_domain_at_exactly_zero_for_a_minute_is_left_out_until_it_moves(macmon_mod):
+    busy_zero = {"mac.power.cpu": 0.0, "mac.cpu.ecpu_usage": 0.4, "mac.cpu.pcpu_usage": 0.2,
+                 "mac.power.total": 3.0, "mac.power.gpu": 3.0, "mac.gpu.usage": 0.5}
+    moving = dict(busy_zero, **{"mac.power.cpu": 4.2, "mac.power.total": 7.2})
+    out = frozen_run(macmon_mod, [busy_zero] * 90 + [moving] * 3)
+    assert all(o["mac.power.cpu"] == 0.0 and "mac.power.total" in o for o in out[:60])  # within the minute
+    assert all("mac.power.cpu" not in o and "mac.power.total" not in o for o in out[60:90])
+    assert all(o["mac.power.gpu"] == 3.0 for o in out)  # the other domains go on
+    assert all(o["mac.power.cpu"] == 4.2 and o["mac.power.total"] == 7.2 for o in out[90:])
+
+
+def test_an_idle_domain_at_zero_is_a_reading(macmon_mod):
+    idle_zero = {"mac.power.cpu": 0.0, "mac.cpu.ecpu_usage": 0.01, "mac.cpu.pcpu_usage": 0.0,
+                 "mac.power.gpu": 0.0, "mac.gpu.usage": 0.0, "mac.power.total": 0.0}
+    out = frozen_run(macmon_mod, [idle_zero] * 120)
+    assert all(o == idle_zero for o in out)
+
+
+def test_zeros_broken_by_a_real_reading_start_the_minute_again(macmon_mod):
+    busy_zero = {"mac.power.gpu": 0.0, "mac.gpu.usage": 0.9}
+    blip = {"mac.power.gpu": 1.5, "mac.gpu.usage": 0.9}
+    out = frozen_run(macmon_mod, ([busy_zero] * 50 + [blip]) * 3)
+    assert all("mac.power.gpu" in o for o in out)
