@@ -327,7 +327,6 @@ def test_outage_logs_stay_readable(macmon_mod):
         macmon_mod.LOG.removeHandler(handler)
 
 
-@pytest.mark.slow
 def test_an_answer_that_never_came_is_resent_and_counted(receiver):
     """The collector stores a request and answers after the exporter's timeout: the exporter sends
     it again (at least once) and counts the resent samples, in its stop line and as a series."""
@@ -347,6 +346,7 @@ def test_an_answer_that_never_came_is_resent_and_counted(receiver):
     assert series[0].kind == "sum" and series[0].monotonic
 
 
+@pytest.mark.slow
 def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
     """Tens of thousands of samples with faults switched at random: read = delivered + dropped,
     and resident memory stays flat."""
