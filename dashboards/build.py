@@ -339,16 +339,30 @@ def panels():
     return out
 
 
+# ---------------------------------------------------------------- placement, once for every backend
+
+GRID = 12  # columns, in every backend
+
+
+def place(layout):
+    """Give every panel a column (x) and a line (y) on a 12-column grid, once: the panels of a row go
+    left to right and wrap onto a new line where the next one would not fit, so no two overlap."""
+    line, x, row = -1, GRID, None
+    for p in layout:
+        if p["row"] != row or x + p["width"] > GRID:
+            line, x, row = line + 1, 0, p["row"]
+        p["x"], p["line"] = x, line
+        x += p["width"]
+    return layout
+
+
 # ---------------------------------------------------------------- SigNoz (classic dashboard JSON, v5 builder)
 
 def build_signoz(layout):
     widgets, grid = [], []
-    x = {}
     for p in layout:
-        row_x = x.get(p["row"], 0)
-        grid.append({"i": p["id"], "x": row_x, "y": (p["row"] - 1) * 6, "w": p["width"], "h": 6,
+        grid.append({"i": p["id"], "x": p["x"], "y": p["line"] * 6, "w": p["width"], "h": 6,
                      "moved": False, "static": False})
-        x[p["row"]] = (row_x + p["width"]) % 12
         query = {"id": f"query-{p['id']}", "queryType": "builder", "clickhouse_sql": [], "promql": [],
                  "builder": {"queryData": [], "queryFormulas": [], "queryTraceOperator": []}}
         if "sql" in p["signoz"]:
@@ -380,17 +394,14 @@ def build_signoz(layout):
 
 def build_splunk(layout):
     data_sources, visualizations, structure = {}, {}, []
-    x = {}
     for p in layout:
         ds, viz = f"ds_{p['id']}", f"viz_{p['id']}"
         data_sources[ds] = {"type": "ds.search", "name": p["title"], "options": {"query": p["spl"]}}
         visualizations[viz] = {"type": "splunk.singlevalue" if p["kind"] == "value" else "splunk.line",
                                "title": p["title"], "description": p["description"],
                                "dataSources": {"primary": ds}}
-        row_x = x.get(p["row"], 0)
         structure.append({"item": viz, "type": "block", "position": {
-            "x": row_x * 120, "y": (p["row"] - 1) * 250, "w": p["width"] * 120, "h": 240}})
-        x[p["row"]] = (row_x + p["width"]) % 12
+            "x": p["x"] * 120, "y": p["line"] * 250, "w": p["width"] * 120, "h": 240}})
     inputs = {"input_time": {"type": "input.timerange", "title": "Time",
                              "options": {"token": "trp", "defaultValue": "-4h,now"}}}
     tokens = {}
@@ -406,7 +417,7 @@ def build_splunk(layout):
             "dataSources": data_sources, "visualizations": visualizations, "inputs": inputs,
             "defaults": {"dataSources": {"ds.search": {"options": {"queryParameters": {
                 "earliest": "$trp.earliest$", "latest": "$trp.latest$"}}}}},
-            "layout": {"type": "absolute", "options": {"width": 1440, "height": 1500},
+            "layout": {"type": "absolute", "options": {"width": 1440, "height": (layout[-1]["line"] + 1) * 250},
                        "globalInputs": list(inputs), "structure": structure}}
 
 
@@ -414,15 +425,12 @@ def build_splunk(layout):
 
 def build_o11y(layout):
     charts, placements = [], []
-    x = {}
     for p in layout:
         charts.append({"name": p["title"], "description": p["description"], "programText": p["flow"],
                        "options": {"type": "SingleValue" if p["kind"] == "value" else "TimeSeriesChart"},
                        "tags": ["tokens-per-watt"]})
-        row_x = x.get(p["row"], 0)
-        placements.append({"chart": p["title"], "row": p["row"] - 1, "column": row_x, "width": p["width"],
+        placements.append({"chart": p["title"], "row": p["line"], "column": p["x"], "width": p["width"],
                            "height": 1})
-        x[p["row"]] = (row_x + p["width"]) % 12
     dashboard = {"name": TITLE, "description": "Same layout as the SigNoz and Splunk Enterprise dashboards. "
                  "Latency shows min/max/mean: the signalfx exporter drops histogram buckets.",
                  "charts": placements,
@@ -443,7 +451,7 @@ OUTPUTS = {
 
 
 def rendered():
-    layout = panels()
+    layout = place(panels())
     return {path: json.dumps(build(layout), indent=2, sort_keys=False) + "\n" for path, build in OUTPUTS.items()}
 
 

@@ -402,3 +402,24 @@ def test_splunk_never_splits_mac_series_by_gpu_or_rapl_dimensions():
             by = segment.split(" BY ", 1)[1] if " BY " in segment else ""
             if any(m.startswith("mac.") for m in metrics):
                 assert not re.search(r"gpu\.uuid|gpu\.index|rapl\.zone", by), (ds["name"], segment)
+
+
+def rectangles():
+    """Every panel's (x, y, w, h) as each backend's generated file places it."""
+    signoz = [(g["x"], g["y"], g["w"], g["h"]) for g in load("signoz/tokens-per-watt.json")["layout"]]
+    splunk = [tuple(s["position"][k] for k in ("x", "y", "w", "h"))
+              for s in load("splunk-enterprise/tokens-per-watt.json")["layout"]["structure"]]
+    o11y = [(c["column"], c["row"], c["width"], c["height"])
+            for c in load("splunk-o11y/tokens-per-watt.json")["dashboard"]["charts"]]
+    return {"signoz": signoz, "splunk": splunk, "o11y": o11y}
+
+
+@pytest.mark.parametrize("backend", ["signoz", "splunk", "o11y"])
+def test_no_two_panels_overlap(backend):
+    placed = rectangles()[backend]
+    width = {"signoz": 12, "splunk": 1440, "o11y": 12}[backend]
+    for i, (x, y, w, h) in enumerate(placed):
+        assert 0 <= x and x + w <= width, (backend, i)
+        for j, (x2, y2, w2, h2) in enumerate(placed[:i]):
+            apart = x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y
+            assert apart, f"{backend}: panel {i} overlaps panel {j}"
