@@ -10,7 +10,8 @@
 # accepted metric points rising), and roll back to the previous config when any step fails.
 # A re-run with nothing changed and a healthy collector changes nothing.
 #
-# Settings (environment): TPW_BACKENDS (signoz | signoz+splunk | all), DRY_RUN=1,
+# Settings (environment, else the gateway's env file): TPW_BACKENDS (signoz | signoz+splunk | all),
+#   TPW_MODEL_CLUSTERS (which cluster serves which model: see render_models), DRY_RUN=1,
 #   TPW_HEALTH_URL (default http://127.0.0.1:13133/), TPW_METRICS_URL (default
 #   http://127.0.0.1:8888/metrics), TPW_HEALTH_WAIT (s, default 30), TPW_REQUIRE_TRAFFIC (1: accepted
 #   points must rise within TPW_TRAFFIC_WAIT s, default 1/60; 0 for a lab with no exporters yet),
@@ -39,13 +40,43 @@ fetch() {  # print a URL's body; fail on anything but 2xx
   else python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; fi
 }
 
-config_files() {  # the files of a backend profile, relative to otelcol/
+config_files() {  # the files of a backend profile, relative to otelcol/ (models.yaml is rendered)
   case "$1" in
-    signoz) echo "gateway.yaml pipelines/signoz.yaml" ;;
-    signoz+splunk) echo "gateway.yaml backends/splunk.yaml pipelines/signoz+splunk.yaml" ;;
-    all) echo "gateway.yaml backends/splunk.yaml backends/o11y.yaml pipelines/all.yaml" ;;
+    signoz) echo "gateway.yaml models.yaml pipelines/signoz.yaml" ;;
+    signoz+splunk) echo "gateway.yaml backends/splunk.yaml models.yaml pipelines/signoz+splunk.yaml" ;;
+    all) echo "gateway.yaml backends/splunk.yaml backends/o11y.yaml models.yaml pipelines/all.yaml" ;;
     *) err "TPW_BACKENDS='$1': use signoz, signoz+splunk or all" ;;
   esac
+}
+
+# LiteLLM's token and latency metrics name the model (gen_ai.request.model, the upstream model id
+# without its provider prefix), not the cluster that served it. TPW_MODEL_CLUSTERS says which is
+# which, e.g. "mlx-community/Qwen3-30B-A3B-4bit=mac-exo,qwen3-30b-a3b=nvidia"; this renders the
+# transform that puts `cluster` on those points, so every efficiency panel can join a cluster's
+# tokens with the same cluster's energy. A model missing from the map gets cluster="unmapped".
+render_models() {
+  local map="$1" pair model cluster
+  echo "# Rendered by make collector from TPW_MODEL_CLUSTERS=$map"
+  echo "processors:"
+  echo "  transform/genai_cluster:"
+  echo "    error_mode: ignore"
+  echo "    metric_statements:"
+  echo "      - context: datapoint"
+  echo "        conditions:"
+  echo "          - IsMatch(metric.name, \"^gen_ai[.]\")"
+  echo "        statements:"
+  IFS=',' read -r -a pairs <<< "$map"
+  for pair in "${pairs[@]}"; do
+    pair="${pair// /}"
+    [ -n "$pair" ] || continue
+    model="${pair%=*}"
+    cluster="${pair##*=}"
+    if [ "$model" = "$pair" ] || [[ ! "$model" =~ ^[A-Za-z0-9._:/@+-]+$ ]] || [[ ! "$cluster" =~ ^[A-Za-z0-9._-]+$ ]]; then
+      err "TPW_MODEL_CLUSTERS: '$pair' is not MODEL=CLUSTER (model: letters, digits and ._:/@+-; cluster: letters, digits and ._-)"
+    fi
+    echo "          - set(attributes[\"cluster\"], \"$cluster\") where attributes[\"gen_ai.request.model\"] == \"$model\""
+  done
+  echo "          - set(attributes[\"cluster\"], \"unmapped\") where attributes[\"cluster\"] == nil"
 }
 
 options_for() {  # OTELCOL_OPTIONS for the files of a profile under a config folder
@@ -114,6 +145,7 @@ ensure_env_file() {
 
 stage_new_config() {  # copy the profile's files into tpw-<hash>; prints that folder's name
   local file hash
+  render_models "$MODEL_CLUSTERS" > "$STAGE/otelcol/models.yaml"
   hash="$( (for file in $FILES; do echo "== $file"; cat "$STAGE/otelcol/$file"; done) | cksum | cut -d' ' -f1)"
   NEW_NAME="tpw-$hash"
   if [ "$DRY_RUN" = 1 ] || [ -d "$CONF_DIR/$NEW_NAME" ]; then return; fi
@@ -159,13 +191,21 @@ swap_to() {  # point the tpw symlink at a config folder, atomically
   mv -Tf "$CONF_DIR/tpw.tpw-new" "$CONF_DIR/tpw"
 }
 
+setting() {  # NAME: from the environment, else the env file's last NAME= line
+  local value="${!1:-}"
+  if [ -z "$value" ]; then value="$(sed -n "s/^$1=//p" "$ENV_FILE" 2>/dev/null | tail -n 1)"; fi
+  printf '%s' "$value"
+}
+
 main() {
-  [ "${1:-}" = apply ] || err "usage: collector-rollout.sh apply"
+  if [ "${1:-}" = render-models ]; then render_models "${TPW_MODEL_CLUSTERS:-}"; return; fi
+  [ "${1:-}" = apply ] || err "usage: collector-rollout.sh apply | render-models"
   need_cmd otelcol-contrib "install the otelcol-contrib package (0.13x-0.16x) first"
   need_cmd systemctl "the gateway runs otelcol-contrib as a systemd service"
-  local profile="${TPW_BACKENDS:-}"
+  local profile
   ensure_env_file
-  if [ -z "$profile" ]; then profile="$(sed -n 's/^TPW_BACKENDS=//p' "$ENV_FILE" 2>/dev/null | tail -n 1)"; fi
+  profile="$(setting TPW_BACKENDS)"
+  MODEL_CLUSTERS="$(setting TPW_MODEL_CLUSTERS)"
   FILES="$(config_files "${profile:-signoz}")"
   stage_new_config
   local want_options previous_name previous_options

@@ -20,13 +20,28 @@ from otlp_receiver import free_port
 from test_deploy import Lab
 
 OTELCOL = os.path.join(ROOT, "otelcol")
-PROFILES = {"signoz": ["gateway.yaml", "pipelines/signoz.yaml"],
-            "signoz+splunk": ["gateway.yaml", "backends/splunk.yaml", "pipelines/signoz+splunk.yaml"],
-            "all": ["gateway.yaml", "backends/splunk.yaml", "backends/o11y.yaml", "pipelines/all.yaml"]}
+PROFILES = {"signoz": ["gateway.yaml", "models.yaml", "pipelines/signoz.yaml"],
+            "signoz+splunk": ["gateway.yaml", "backends/splunk.yaml", "models.yaml", "pipelines/signoz+splunk.yaml"],
+            "all": ["gateway.yaml", "backends/splunk.yaml", "backends/o11y.yaml", "models.yaml", "pipelines/all.yaml"]}
 ENV_REF = re.compile(r"\$\{env:([A-Z0-9_]+)(?::-[^}]*)?\}")
 
 
+def example_setting(name):
+    text = open(os.path.join(OTELCOL, "collector.env.example")).read()
+    return re.search(rf"^{name}=(.*)$", text, re.M).group(1)
+
+
+def render_models(mapping):
+    """models.yaml as `make collector` renders it on the gateway (collector-rollout.sh)."""
+    return subprocess.run(["bash", os.path.join(ROOT, "deploy", "collector-rollout.sh"), "render-models"],
+                          env=dict(os.environ, TPW_MODEL_CLUSTERS=mapping), capture_output=True, text=True, timeout=30)
+
+
 def load(name):
+    if name == "models.yaml":
+        rendered = render_models(example_setting("TPW_MODEL_CLUSTERS"))
+        assert rendered.returncode == 0, rendered.stderr
+        return yaml.safe_load(rendered.stdout)
     with open(os.path.join(OTELCOL, name)) as fh:
         return yaml.safe_load(fh)
 
@@ -101,8 +116,8 @@ def test_every_env_reference_is_documented_and_no_literal_secret():
     for path in gateway_files:
         used |= set(ENV_REF.findall(open(path).read()))
     assert used <= documented, f"undocumented in collector.env.example: {sorted(used - documented)}"
-    # ...and the example documents nothing the gateway does not read (TPW_BACKENDS is make collector's)
-    assert documented - used == {"TPW_BACKENDS"}, sorted(documented - used)
+    # ...and nothing the gateway does not read (TPW_BACKENDS and TPW_MODEL_CLUSTERS are make collector's)
+    assert documented - used == {"TPW_BACKENDS", "TPW_MODEL_CLUSTERS"}, sorted(documented - used)
     for path in glob.glob(os.path.join(OTELCOL, "**", "*.yaml"), recursive=True):
         text = open(path).read()
         for key in ("token", "access_token", "signoz-ingestion-key", "X-SF-Token", "api_key"):
@@ -151,6 +166,36 @@ def test_readme_names_the_llama_swap_version_and_keeps_its_default_pattern():
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert "v229" in readme and "upstream.ignorePaths" in readme
     assert r"'.*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$'" in readme and "'^/metrics$'" in readme
+
+
+def test_the_model_map_tags_tokens_with_their_cluster():
+    rendered = render_models("mlx-community/Qwen3-30B-A3B-4bit=mac-exo, qwen3-30b-a3b=nvidia")
+    assert rendered.returncode == 0, rendered.stderr
+    processor = yaml.safe_load(rendered.stdout)["processors"]["transform/genai_cluster"]
+    assert processor["error_mode"] == "ignore"
+    block = processor["metric_statements"][0]
+    assert block["context"] == "datapoint" and block["conditions"] == ['IsMatch(metric.name, "^gen_ai[.]")']
+    assert block["statements"] == [
+        'set(attributes["cluster"], "mac-exo") where attributes["gen_ai.request.model"] == '
+        '"mlx-community/Qwen3-30B-A3B-4bit"',
+        'set(attributes["cluster"], "nvidia") where attributes["gen_ai.request.model"] == "qwen3-30b-a3b"',
+        'set(attributes["cluster"], "unmapped") where attributes["cluster"] == nil']
+    for profile in PROFILES:  # every metrics pipeline tags tokens before they leave
+        assert "transform/genai_cluster" in merged(profile)["service"]["pipelines"]["metrics"]["processors"]
+
+
+@pytest.mark.parametrize("mapping", ["qwen3", "a=b=c=", 'evil"model=nvidia', "m=clu'ster"])
+def test_a_bad_model_map_is_refused_in_words(mapping):
+    rendered = render_models(mapping)
+    assert rendered.returncode == 1 and "is not MODEL=CLUSTER" in rendered.stderr
+
+
+def test_the_litellm_excerpt_gives_each_cluster_its_own_model_id():
+    config = load("litellm-config.yaml")
+    upstream = {m["litellm_params"]["model"].split("/", 1)[1]: m for m in config["model_list"]}
+    mapping = dict(pair.rsplit("=", 1) for pair in example_setting("TPW_MODEL_CLUSTERS").split(","))
+    assert len(upstream) == 2 and set(upstream) == set(mapping)
+    assert sorted(mapping.values()) == ["mac-exo", "nvidia"]
 
 
 def test_litellm_excerpt():
@@ -219,7 +264,12 @@ def test_rollout_validates_swaps_checks_and_is_idempotent(gateway):
     link = gateway.link()
     assert link.startswith("tpw-")
     conf_dir = gateway.remote_root / "etc/otelcol-contrib"
-    assert gateway.options() == [f"--config={conf_dir}/tpw/gateway.yaml --config={conf_dir}/tpw/pipelines/signoz.yaml"]
+    assert gateway.options() == [f"--config={conf_dir}/tpw/gateway.yaml --config={conf_dir}/tpw/models.yaml "
+                                 f"--config={conf_dir}/tpw/pipelines/signoz.yaml"]
+    models = yaml.safe_load((conf_dir / "tpw" / "models.yaml").read_text())
+    statements = models["processors"]["transform/genai_cluster"]["metric_statements"][0]["statements"]
+    assert 'set(attributes["cluster"], "nvidia") where attributes["gen_ai.request.model"] == "qwen3-30b-a3b"' \
+        in statements
     assert "SPLUNK_HEC_TOKEN=kept-secret" in gateway.conf.read_text()
     assert oct(gateway.conf.stat().st_mode)[-3:] == "600"
     calls = gateway.calls()
