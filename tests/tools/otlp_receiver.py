@@ -22,7 +22,7 @@ class Point:
     """One decoded data point with what identifies its series."""
 
     __slots__ = ("metric", "unit", "kind", "monotonic", "temporality", "attributes", "resource",
-                 "time_ns", "start_ns", "value", "request")
+                 "time_ns", "start_ns", "value", "request", "count", "bucket_counts", "bounds")
 
     def __repr__(self):
         return f"<{self.metric} {self.value} {self.unit} {self.attributes} @{self.time_ns}>"
@@ -48,7 +48,9 @@ def decode_request(document, request_number=0):
         resource = attributes(rm.get("resource", {}).get("attributes"))
         for sm in rm.get("scopeMetrics", []):
             for metric in sm.get("metrics", []):
-                kind = "sum" if "sum" in metric else "gauge"
+                kind = next((k for k in ("sum", "gauge", "histogram") if k in metric), None)
+                if kind is None:
+                    raise ValueError(f"metric {metric.get('name')!r}: no sum, gauge or histogram")
                 body = metric[kind]
                 for dp in body.get("dataPoints", []):
                     p = Point()
@@ -59,8 +61,14 @@ def decode_request(document, request_number=0):
                     p.resource = resource
                     p.time_ns = int(dp["timeUnixNano"])
                     p.start_ns = int(dp.get("startTimeUnixNano", 0))
-                    p.value = float(dp["asDouble"]) if "asDouble" in dp else int(dp["asInt"])
                     p.request = request_number
+                    if kind == "histogram":  # value: the sum; count and buckets beside it
+                        p.value = float(dp.get("sum", 0.0))
+                        p.count = int(dp.get("count", 0))
+                        p.bucket_counts = [int(c) for c in dp.get("bucketCounts", [])]
+                        p.bounds = [float(b) for b in dp.get("explicitBounds", [])]
+                    else:
+                        p.value = float(dp["asDouble"]) if "asDouble" in dp else int(dp["asInt"])
                     points.append(p)
     return points
 
@@ -91,7 +99,8 @@ class Receiver:
         self.request_count = 0  # every request, answered or not, kept or not
         self.wire_bytes = 0     # their bodies as sent (compressed or not)
         self.point_counts = collections.Counter()  # metric name -> accepted data points
-        self.arrivals = []      # monotonic time of every request, answered or not
+        self.arrivals = []      # monotonic time of every metrics request, answered or not
+        self.other_signals = collections.Counter()  # /v1/traces and /v1/logs requests
         # accept | hang | 429 | 503 | 400 | 413 | partial | slow (store, then answer after hang_s)
         self.mode = "accept"
         self.retry_after = None
@@ -171,6 +180,13 @@ class Receiver:
     def handle(self, handler):
         length = int(handler.headers.get("Content-Length", 0))
         raw = handler.rfile.read(length)
+        signal = handler.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        if signal in ("traces", "logs"):
+            # A sender of every signal (LiteLLM) posts traces and logs here too: counted, not decoded.
+            with self.lock:
+                self.other_signals[signal] += 1
+            self.reply(handler, 200, {})
+            return
         headers = {k.lower(): v for k, v in handler.headers.items()}
         self.arrivals.append(time.monotonic())
         with self.lock:
