@@ -25,6 +25,9 @@ FORMULAS = {
     "tokens_per_joule": "tokens / joules",
     "joules_per_token": "joules / tokens",
     "cost_per_1k_tokens": "joules / tokens * 1000 / 3600000 * price_per_kwh",
+    # what an API would charge for the same tokens, per dollar of electricity they cost here
+    "api_over_onprem": "api_price_per_1m / (joules / tokens * 1000000 / 3600000 * price_per_kwh)",
+    "cost_per_1m_tokens": "joules / tokens * 1000000 / 3600000 * price_per_kwh",
 }
 
 # Energy boundaries: (label, energy counters summed). The same words appear in every panel title.
@@ -32,108 +35,205 @@ BOUNDARIES = {
     "mac_soc": ("Mac SoC (mac.energy.total: CPU+GPU+ANE)", ["mac.energy.total"]),
     "mac_node": ("Mac whole node (mac.energy.system)", ["mac.energy.system"]),
     "nv_board": ("NVIDIA GPU board (gpu.energy)", ["gpu.energy"]),
-    "nv_node": ("NVIDIA node (gpu.energy + host.energy.cpu)", ["gpu.energy", "host.energy.cpu"]),
+    "nv_node": ("NVIDIA node (gpu.energy + host.energy.cpu packages)", ["gpu.energy", "host.energy.cpu"]),
 }
-TOKENS = {  # output tokens per cluster: LiteLLM for both, filtered to that cluster's model
-    "mac-exo": ("gen_ai.client.token.usage", "mac_model"),
-    "nvidia": ("gen_ai.client.token.usage", "nvidia_model"),
-}
+CLUSTER_BOUNDARIES = {"mac-exo": ("mac_soc", "mac_node"), "nvidia": ("nv_board", "nv_node")}
+# Output tokens: LiteLLM's gen_ai.client.token.usage, whose points the gateway tags with the
+# `cluster` that served the model (TPW_MODEL_CLUSTERS), so a cluster's tokens meet its own energy.
+TOKENS = "gen_ai.client.token.usage"
+# RAPL: the package zones only. Sub-zones (package-0/core, /uncore, /dram) are inside their
+# package and psys covers the whole platform: adding them would count the CPU twice.
+RAPL_SUBZONE = ("rapl.zone", "*/*")
+RAPL_PLATFORM = ("rapl.zone", "psys")
 VARIABLES = [  # name, kind, default, what it filters
     ("cluster", "attribute", "cluster", "per-host panels"),
     ("host", "attribute", "host.name", "per-host panels"),
     ("model", "attribute", "gen_ai.request.model", "LLM performance panels"),
-    ("mac_model", "attribute", "gen_ai.request.model", "the model the Mac cluster serves (its token source)"),
-    ("nvidia_model", "attribute", "gen_ai.request.model", "the model the NVIDIA cluster serves"),
     ("price_per_kwh", "text", "0.30", "electricity price per kWh"),
-    ("currency", "text", "USD", "currency of the price"),
+    ("api_price_per_1m", "text", "0.60", "what an API charges per 1M output tokens, to compare with"),
+    ("currency", "text", "USD", "currency of the prices"),
 ]
 
 
 # ---------------------------------------------------------------- query builders per backend
 
-SPL_DIMENSIONS = {"gpu.energy": 'host "gpu.uuid"', "gpu.power.board": 'host "gpu.uuid"',
-                  "host.energy.cpu": 'host "rapl.zone"'}  # anything else: BY host
+SPL_DIMENSIONS = {"gpu.energy": "host gpu.uuid", "gpu.power.board": "host gpu.uuid",
+                  "host.energy.cpu": "host rapl.zone", "host.power.cpu": "host rapl.zone"}  # else: BY host
+SPL_RAPL_PACKAGES = 'NOT rapl.zone="*/*" NOT rapl.zone="psys"'
 
 
-def spl_energy(metrics, cluster):
-    """SPL: joules over the search window (latest - earliest of each counter series), summed.
-    Each counter is split by the dimensions it has: mstats drops points lacking a BY field."""
-    searches = [f'| mstats earliest("{m}") AS e0 latest("{m}") AS e1 WHERE index={INDEX} cluster="{cluster}" '
-                f'BY {SPL_DIMENSIONS.get(m, "host")} | eval joules=e1-e0' for m in metrics]
-    return searches[0] + "".join(f" | append [{more}]" for more in searches[1:]) + " | stats sum(joules) AS joules"
+def spl_where(metric, cluster):
+    """mstats WHERE for one energy or power metric of a cluster (RAPL: packages only)."""
+    rapl = f" {SPL_RAPL_PACKAGES}" if metric.startswith("host.") else ""
+    return f'WHERE index={INDEX} cluster="{cluster}"{rapl}'
 
 
-def spl_tokens(model_var):
-    return (f'| mstats sum("gen_ai.client.token.usage_sum") AS tokens WHERE index={INDEX} '
-            f'"gen_ai.token.type"="output" "gen_ai.request.model"="${model_var}$"')
+def spl_rates(metrics, cluster, span=""):
+    """SPL: watts = the energy counters' rate, per series (rate_sum handles counter resets), summed."""
+    searches = [f'| mstats rate_sum("{m}") AS watts {spl_where(m, cluster)}{span}' for m in metrics]
+    return searches[0] + "".join(f" | append [{more}]" for more in searches[1:])
+
+
+def spl_token_rate(cluster, span=""):
+    """SPL: output tokens per second of a cluster. LiteLLM's histogram _sum is a cumulative counter
+    (1.96+): its rate per series, summed."""
+    return (f'| mstats rate_sum("{TOKENS}_sum") AS tps WHERE index={INDEX} cluster="{cluster}" '
+            f"gen_ai.token.type=output{span}")
+
+
+def spl_formula(formula):
+    """A formula over rates: tokens/s and joules/s (watts) have the same ratio as tokens and joules."""
+    return (FORMULAS[formula].replace("tokens", "tps").replace("joules", "watts")
+            .replace("api_price_per_1m", "$api_price_per_1m$").replace("price_per_kwh", "$price_per_kwh$"))
 
 
 def spl_efficiency(boundary, cluster, formula):
     _label, metrics = BOUNDARIES[boundary]
-    metric, model_var = TOKENS[cluster]
-    expr = FORMULAS[formula].replace("price_per_kwh", "$price_per_kwh$")
-    return (f"{spl_tokens(model_var)} | appendcols [{spl_energy(metrics, cluster)}] "
-            f"| eval value=if(tokens>0 AND joules>0, {expr}, null())")
+    return (f"{spl_token_rate(cluster)} | appendcols [{spl_rates(metrics, cluster)} "
+            f"| stats sum(watts) AS watts] | eval value=if(tps>0 AND watts>0, {spl_formula(formula)}, null())")
 
 
 def spl_efficiency_over_time(boundary, cluster, formula, span_s=300):
-    """SPL per time bucket: tokens and joules of the same bucket side by side, then the formula."""
+    """SPL per time bucket: token rate and watts of the same bucket side by side, then the formula."""
     _label, metrics = BOUNDARIES[boundary]
-    _metric, model_var = TOKENS[cluster]
-    expr = FORMULAS[formula].replace("price_per_kwh", "$price_per_kwh$")
-    energy = "".join(f' | append [| mstats rate("{m}") AS w WHERE index={INDEX} cluster="{cluster}" span={span_s}s '
-                     f'BY {SPL_DIMENSIONS.get(m, "host")} | stats sum(w) AS w BY _time | eval joules=w*{span_s}]'
-                     for m in metrics)
-    return (f"{spl_tokens(model_var)} span={span_s}s{energy} | stats sum(tokens) AS tokens sum(joules) AS joules "
-            f"BY _time | eval value=if(tokens>0 AND joules>0, {expr}, null()) | timechart span={span_s}s avg(value)")
+    span = f" span={span_s}s"
+    return (f"{spl_token_rate(cluster, span)} | append [{spl_rates(metrics, cluster, span)}] "
+            f"| stats sum(tps) AS tps sum(watts) AS watts BY _time "
+            f"| eval value=if(tps>0 AND watts>0, {spl_formula(formula)}, null()) | timechart span={span_s}s avg(value)")
+
+
+def spl_percentiles(metric):
+    """SPL p50/p95 per minute from HEC's _bucket series, which are already cumulative in `le`
+    (the +Inf bucket is the total) and, from LiteLLM 1.96 on, over time: rate per bucket first."""
+    return (f'| mstats rate_sum("{metric}_bucket") AS n WHERE index={INDEX} gen_ai.request.model=$model$ '
+            f"span=1m BY le gen_ai.request.model "
+            f'| eval bound=if(le="+Inf", 1e99, tonumber(le)) '
+            f"| eventstats max(n) AS total BY _time gen_ai.request.model "
+            f"| eval p50=if(n>=total*0.5 AND total>0, bound, null()), p95=if(n>=total*0.95 AND total>0, bound, null()) "
+            f"| stats min(p50) AS p50 min(p95) AS p95 BY _time gen_ai.request.model")
+
+
+def flow_filter(cluster, metric=None):
+    rapl = " and filter('rapl.zone', 'package-*')" if metric and metric.startswith("host.") else ""
+    return f"filter('cluster', '{cluster}'){rapl}"
+
+
+def flow_tokens(cluster):
+    return (f"data('{TOKENS}_sum', filter=filter('gen_ai.token.type', 'output') and filter('cluster', '{cluster}'), "
+            f"rollup='rate').sum()")
 
 
 def flow_efficiency(boundary, cluster, formula):
     """SignalFlow: rates of the same counters (J/s and tokens/s); their ratio is the same ratio."""
     _label, metrics = BOUNDARIES[boundary]
-    metric, model_var = TOKENS[cluster]
-    energy = " + ".join(f"data('{m}', filter=filter('cluster', '{cluster}'), rollup='rate').sum()" for m in metrics)
-    expr = (FORMULAS[formula].replace("tokens", "T").replace("joules", "J")
-            .replace("price_per_kwh", "price_per_kwh"))
-    # O11y has no numeric dashboard input: the push script writes the price into the program.
+    energy = " + ".join(f"data('{m}', filter={flow_filter(cluster, m)}, rollup='rate').sum()" for m in metrics)
+    expr = FORMULAS[formula].replace("tokens", "T").replace("joules", "J")
+    # O11y has no numeric dashboard input: the push script writes the prices into the program.
     return (f"price_per_kwh = 0.30\n"
-            f"T = data('{metric}_sum', filter=filter('gen_ai.token.type', 'output'), rollup='rate')"
-            f".sum().above(0, inclusive=False)\n"
+            f"api_price_per_1m = 0.60\n"
+            f"T = {flow_tokens(cluster)}.above(0, inclusive=False)\n"
             f"J = ({energy})\n"
             f"({expr}).publish(label='{formula}')")
 
 
-def ch_efficiency(boundary, cluster, formula):
-    """SigNoz ClickHouse SQL over the dashboard window: increase of each energy series, summed."""
-    _label, metrics = BOUNDARIES[boundary]
+# SigNoz: ClickHouse SQL over its metric tables (signoz-otel-collector's schema): samples_v4 has
+# every point (unix_milli, value, temporality) by series fingerprint; time_series_v4 has each series'
+# labels (resource and point attributes together), one row per series per hour, unix_milli floored
+# to the hour. A fingerprint leaves out the start time, so an exporter restart continues a series.
+CH_SAMPLES = "signoz_metrics.distributed_samples_v4"
+CH_SERIES = "signoz_metrics.distributed_time_series_v4"
+CH_HOUR = 3600000
+
+
+def ch_label(name):
+    return f"JSONExtractString(labels, '{name}')"
+
+
+def ch_series(metrics, conditions, since):
+    """Fingerprints of the series of these metrics whose labels meet the conditions, bounded to
+    the hour rows from `since` (an expression in ms) on."""
     names = ", ".join(f"'{m}'" for m in metrics)
-    expr = FORMULAS[formula].replace("price_per_kwh", "{{.price_per_kwh}}")
-    return (
-        "WITH energy AS (SELECT sum(increase) AS joules FROM (SELECT s.fingerprint, max(s.value) - min(s.value) "
-        "AS increase FROM signoz_metrics.distributed_samples_v4 AS s WHERE s.metric_name IN (" + names + ") "
-        "AND s.unix_milli BETWEEN {{.start_timestamp_ms}} AND {{.end_timestamp_ms}} AND s.fingerprint IN "
-        "(SELECT fingerprint FROM signoz_metrics.distributed_time_series_v4 WHERE metric_name IN (" + names + ") "
-        f"AND JSONExtractString(labels, 'cluster') = '{cluster}') GROUP BY s.fingerprint)), "
-        "tok AS (SELECT sum(s.value) AS tokens FROM signoz_metrics.distributed_samples_v4 AS s "
-        "WHERE s.metric_name = 'gen_ai.client.token.usage.sum' AND s.unix_milli BETWEEN {{.start_timestamp_ms}} "
-        "AND {{.end_timestamp_ms}} AND s.fingerprint IN (SELECT fingerprint FROM "
-        "signoz_metrics.distributed_time_series_v4 WHERE metric_name = 'gen_ai.client.token.usage.sum' AND "
-        "JSONExtractString(labels, 'gen_ai.token.type') = 'output' AND "
-        f"JSONExtractString(labels, 'gen_ai.request.model') = {{{{.{TOKENS[cluster][1]}}}}})) "
-        f"SELECT if(tokens > 0 AND joules > 0, {expr}, NULL) AS value FROM energy, tok")
+    return (f"SELECT fingerprint FROM {CH_SERIES} WHERE metric_name IN ({names}) "
+            f"AND unix_milli >= intDiv({since}, {CH_HOUR}) * {CH_HOUR}"
+            + "".join(f" AND {c}" for c in conditions))
 
 
-def ch_distinct(metric, attribute, cluster):
-    """The builder's value panel shows a label, not a count: count distinct in SQL instead."""
-    return (f"SELECT count(DISTINCT JSONExtractString(labels, '{attribute}')) AS value "
-            f"FROM signoz_metrics.distributed_time_series_v4 WHERE metric_name = '{metric}' "
-            f"AND JSONExtractString(labels, 'cluster') = '{cluster}' "
-            f"AND unix_milli >= {{{{.end_timestamp_ms}}}} - 600000")
+def ch_increase_rows(metrics, conditions, bucket=None):
+    """(ts,) inc rows: each sample's increase over the one before it in the window, per series.
+    A cumulative counter that went back (an exporter restart) counts from zero again; a delta
+    series (LiteLLM before 1.96) counts each value. `bucket` in seconds adds a ts column."""
+    names = ", ".join(f"'{m}'" for m in metrics)
+    ts = (f"toStartOfInterval(toDateTime(intDiv(unix_milli, 1000)), INTERVAL {bucket} SECOND) AS ts, "
+          if bucket else "")
+    return (f"SELECT {ts}if(temporality = 'Delta', value, if(isNaN(prev), 0, if(value >= prev, value - prev, value)))"
+            f" AS inc FROM (SELECT unix_milli, temporality, value, lagInFrame(value, 1, nan) OVER (PARTITION BY "
+            f"fingerprint ORDER BY unix_milli ASC ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev FROM {CH_SAMPLES} "
+            f"WHERE metric_name IN ({names}) AND unix_milli BETWEEN {{{{.start_timestamp_ms}}}} AND "
+            f"{{{{.end_timestamp_ms}}}} AND fingerprint GLOBAL IN ("
+            f"{ch_series(metrics, conditions, '{{.start_timestamp_ms}}')}))")
 
 
-def builder(name, metric, time_agg, space_agg, filters="", group_by=(), temporality="", disabled=False):
-    return {"queryName": name, "expression": name, "dataSource": "metrics", "disabled": disabled,
-            "aggregations": [{"metricName": metric, "temporality": temporality, "timeAggregation": time_agg,
+def ch_energy_conditions(cluster):
+    return [f"{ch_label('cluster')} = '{cluster}'",
+            f"NOT ({ch_label('rapl.zone')} LIKE '%/%' OR {ch_label('rapl.zone')} = 'psys')"]
+
+
+def ch_token_conditions(cluster):
+    return [f"{ch_label('cluster')} = '{cluster}'", f"{ch_label('gen_ai.token.type')} = 'output'"]
+
+
+def ch_formula(formula):
+    """The formula with SigNoz's text variables: it substitutes them as quoted strings ('0.30')."""
+    return (FORMULAS[formula].replace("api_price_per_1m", "toFloat64OrNull(toString({{.api_price_per_1m}}))")
+            .replace("price_per_kwh", "toFloat64OrNull(toString({{.price_per_kwh}}))"))
+
+
+def ch_efficiency(boundary, cluster, formula):
+    """SigNoz ClickHouse SQL: one value over the dashboard window."""
+    _label, metrics = BOUNDARIES[boundary]
+    return (f"WITH (SELECT sum(inc) FROM ({ch_increase_rows(metrics, ch_energy_conditions(cluster))})) AS joules, "
+            f"(SELECT sum(inc) FROM ({ch_increase_rows([TOKENS + '.sum'], ch_token_conditions(cluster))})) AS tokens "
+            f"SELECT if(tokens > 0 AND joules > 0, {ch_formula(formula)}, NULL) AS value")
+
+
+def ch_efficiency_over_time(boundary, cluster, formula, bucket=300):
+    """SigNoz ClickHouse SQL for a graph: a DateTime column `ts` per window, and the value."""
+    _label, metrics = BOUNDARIES[boundary]
+    energy = ch_increase_rows(metrics, ch_energy_conditions(cluster), bucket)
+    tokens = ch_increase_rows([TOKENS + ".sum"], ch_token_conditions(cluster), bucket)
+    expr = ch_formula(formula).replace("tokens", "t.tokens").replace("joules", "e.joules")
+    return (f"SELECT e.ts AS ts, if(t.tokens > 0 AND e.joules > 0, {expr}, NULL) AS value "
+            f"FROM (SELECT ts, sum(inc) AS joules FROM ({energy}) GROUP BY ts) AS e "
+            f"LEFT JOIN (SELECT ts, sum(inc) AS tokens FROM ({tokens}) GROUP BY ts) AS t ON e.ts = t.ts ORDER BY ts")
+
+
+def ch_reporting(metric, attribute, cluster, minutes=10):
+    """How many distinct `attribute` values had a sample in the last `minutes` of the window: recency
+    from samples_v4 (time_series_v4 only knows the hour)."""
+    since = f"{{{{.end_timestamp_ms}}}} - {minutes * 60000}"
+    return (f"SELECT count(DISTINCT {ch_label(attribute)}) AS value FROM {CH_SERIES} "
+            f"WHERE metric_name = '{metric}' AND {ch_label('cluster')} = '{cluster}' "
+            f"AND unix_milli >= intDiv({since}, {CH_HOUR}) * {CH_HOUR} AND fingerprint GLOBAL IN "
+            f"(SELECT fingerprint FROM {CH_SAMPLES} WHERE metric_name = '{metric}' "
+            f"AND unix_milli BETWEEN {since} AND {{{{.end_timestamp_ms}}}})")
+
+
+def ch_sample_age():
+    """Seconds from each host's last exporter.samples.read point to the end of the window."""
+    since = "{{.end_timestamp_ms}} - 86400000"
+    return ("SELECT JSONExtractString(ts.labels, 'host.name') AS host, "
+            f"({{{{.end_timestamp_ms}}}} - max(s.unix_milli)) / 1000 AS value FROM {CH_SAMPLES} AS s "
+            f"INNER JOIN (SELECT DISTINCT fingerprint, labels FROM {CH_SERIES} WHERE metric_name = "
+            f"'exporter.samples.read' AND unix_milli >= intDiv({since}, {CH_HOUR}) * {CH_HOUR}) AS ts "
+            f"ON s.fingerprint = ts.fingerprint WHERE s.metric_name = 'exporter.samples.read' "
+            f"AND s.unix_milli BETWEEN {since} AND {{{{.end_timestamp_ms}}}} GROUP BY host ORDER BY host")
+
+
+def builder(name, metric, time_agg, space_agg, filters="", group_by=()):
+    """A SigNoz v5 builder query. Temporality is left to SigNoz (it reads it from the metric's
+    metadata): pinning it filters out a series stored with the other one."""
+    return {"queryName": name, "expression": name, "dataSource": "metrics", "disabled": False,
+            "aggregations": [{"metricName": metric, "temporality": "", "timeAggregation": time_agg,
                               "spaceAggregation": space_agg, "reduceTo": "last"}],
             "filter": {"expression": filters}, "source": "",
             "groupBy": [{"key": g, "dataType": "string", "type": "tag", "id": f"{g}--string--tag",
@@ -142,201 +242,263 @@ def builder(name, metric, time_agg, space_agg, filters="", group_by=(), temporal
             "orderBy": [], "limit": None, "stepInterval": 60}
 
 
+def percentile(name, histogram, quantile, filters="", group_by=()):
+    """A SigNoz percentile: from the histogram's .bucket series, no time aggregation."""
+    return builder(name, f"{histogram}.bucket", "", quantile, filters, group_by)
+
+
 # ---------------------------------------------------------------- the layout, once
 
-def panels():
-    """Every panel: row, width (of 12), title, description, kind, unit, and one query per backend."""
+def panel(row, width, id, title, description, kind, unit, signoz, spl, flow):
+    """One panel: its row (a section; wide rows wrap), width of 12 columns, words, kind (value,
+    graph or table), unit, and its query in each backend (signoz: {"sql": ...} or {"builder": [...]})."""
+    return dict(row=row, width=width, id=id, title=title, description=description, kind=kind, unit=unit,
+                signoz=signoz, spl=spl, flow=flow)
+
+
+def efficiency_panel(row, width, cluster, prefix, boundary, formula, title, description, unit="none"):
+    label = BOUNDARIES[boundary][0]
+    return panel(row=row, width=width, id=f"{prefix}_{formula}_{boundary}", title=f"{cluster}: {title} [{label}]",
+                 description=f"{description}; boundary: {label}; empty while no tokens flow", kind="value",
+                 unit=unit, signoz={"sql": ch_efficiency(boundary, cluster, formula)},
+                 spl=spl_efficiency(boundary, cluster, formula), flow=flow_efficiency(boundary, cluster, formula))
+
+
+CLUSTERS = (  # cluster, id prefix, power metric, GPU metric, what tells GPUs apart, how that reads
+    ("mac-exo", "mac", "mac.power.system", "mac.power.gpu", "host.name", "one integrated GPU per Mac"),
+    ("nvidia", "nv", "gpu.power.board", "gpu.power.board", "gpu.uuid", "distinct gpu.uuid in the last 10 minutes"),
+)
+
+
+def headline_panels():
+    """Rows 1 and 2, one line per cluster: what runs, what it draws, what a token costs."""
     out = []
-
-    def add(row, width, pid, title, description, kind, unit, signoz, spl, flow):
-        out.append(dict(row=row, width=width, id=pid, title=title, description=description, kind=kind,
-                        unit=unit, signoz=signoz, spl=spl, flow=flow))
-
-    # 1. headline tiles per cluster
-    # cluster, id prefix, power metric, GPU metric, what tells GPUs apart, and how that reads
-    clusters = (("mac-exo", "mac", "mac.power.system", "mac.power.gpu", "host.name", "one integrated GPU per Mac"),
-                ("nvidia", "nv", "gpu.power.board", "gpu.power.board", "gpu.uuid",
-                 "distinct gpu.uuid in the last 10 minutes"))
-    for cluster, prefix, power, gpu_metric, gpu_key, gpu_text in clusters:
+    for cluster, prefix, power, gpu_metric, gpu_key, gpu_text in CLUSTERS:
         for pid, title, metric, key, text, label in (
-                ("hosts", "hosts reporting", power, "host.name", "hosts with a sample in the last 10 minutes",
-                 "hosts"),
+                ("hosts", "hosts reporting", power, "host.name", "hosts with a sample in the last 10 minutes", "hosts"),
                 ("gpus", "GPUs reporting", gpu_metric, gpu_key, gpu_text, "GPUs")):
-            spl_key = "host" if key == "host.name" else f'"{key}"'  # HEC maps host.name to host
-            add(1, 2, f"{prefix}_{pid}", f"{cluster}: {title}", text, "value", "none",
-                {"sql": ch_distinct(metric, key, cluster)},
-                f'| mstats count("{metric}") WHERE index={INDEX} cluster="{cluster}" earliest=-10m BY {spl_key} '
-                f"| stats dc({spl_key}) AS value",
-                f"data('{metric}', filter=filter('cluster', '{cluster}')).count(by=['{key}'])"
-                f".count().publish(label='{label}')")
+            spl_key = "host" if key == "host.name" else key  # HEC maps host.name to host
+            out.append(panel(
+                row=1, width=2, id=f"{prefix}_{pid}", title=f"{cluster}: {title}", description=text, kind="value",
+                unit="none", signoz={"sql": ch_reporting(metric, key, cluster)},
+                spl=f'| mstats count("{metric}") WHERE index={INDEX} cluster="{cluster}" earliest=-10m BY {spl_key} '
+                    f"| stats dc({spl_key}) AS value",
+                flow=f"data('{metric}', filter=filter('cluster', '{cluster}')).count(by=['{key}'])"
+                     f".count().publish(label='{label}')"))
         watts_label = "whole Macs (mac.power.system)" if cluster == "mac-exo" else "GPU boards (gpu.power.board)"
-        add(1, 2, f"{prefix}_watts", f"{cluster}: watts now", watts_label, "value", "watt",
-            {"builder": [builder("A", power, "avg", "sum", f"cluster = '{cluster}'")]},
-            f'| mstats avg("{power}") AS w WHERE index={INDEX} cluster="{cluster}" earliest=-2m '
-            f'BY {SPL_DIMENSIONS.get(power, "host")} | stats sum(w) AS value',
-            f"data('{power}', filter=filter('cluster', '{cluster}')).mean(over='1m').sum().publish(label='W')")
-        model_var = TOKENS[cluster][1]
-        add(1, 2, f"{prefix}_tps", f"{cluster}: output tokens/s now", "LiteLLM output tokens of the cluster's model",
-            "value", "none",
-            {"builder": [builder("A", "gen_ai.client.token.usage.sum", "rate", "sum",
-                                 f"gen_ai.token.type = 'output' AND gen_ai.request.model = ${model_var}",
-                                 temporality="delta")]},
-            f'{spl_tokens(model_var)} earliest=-5m | eval value=tokens/300',
-            "data('gen_ai.client.token.usage_sum', filter=filter('gen_ai.token.type', 'output'), "
-            "rollup='rate').sum().publish(label='tokens/s')")
-        boundary = "mac_soc" if cluster == "mac-exo" else "nv_board"
-        label = BOUNDARIES[boundary][0]
-        add(1, 2, f"{prefix}_tpj", f"{cluster}: tokens per joule [{label}]",
-            f"increase of output tokens / increase of energy over the window; boundary: {label}; "
-            "empty while no tokens flow", "value", "none",
-            {"sql": ch_efficiency(boundary, cluster, "tokens_per_joule")},
-            spl_efficiency(boundary, cluster, "tokens_per_joule"), flow_efficiency(boundary, cluster,
-                                                                                   "tokens_per_joule"))
-        add(1, 2, f"{prefix}_cost", f"{cluster}: $ per 1k tokens [{label}]",
-            f"energy per token x $price_per_kwh $currency per kWh; boundary: {label}; electricity only",
-            "value", "none", {"sql": ch_efficiency(boundary, cluster, "cost_per_1k_tokens")},
-            spl_efficiency(boundary, cluster, "cost_per_1k_tokens"),
-            flow_efficiency(boundary, cluster, "cost_per_1k_tokens"))
-
-    # 2. per-host power and load
-    add(2, 6, "host_power", "Power per host (W)", "mac.power.system for Macs, gpu.power.board summed per host",
-        "graph", "watt",
-        {"builder": [builder("A", "mac.power.system", "avg", "sum", "cluster IN $cluster AND host.name IN $host",
-                             ("host.name",)),
-                     builder("B", "gpu.power.board", "avg", "sum", "cluster IN $cluster AND host.name IN $host",
-                             ("host.name",))]},
-        f'| mstats avg("mac.power.system") AS mac avg("gpu.power.board") AS gpu WHERE index={INDEX} '
-        f'cluster=$cluster$ host=$host$ span=1m BY host | eval w=coalesce(mac,0)+coalesce(gpu,0) '
-        f"| timechart span=1m sum(w) BY host",
-        "data('mac.power.system').sum(by=['host.name']).publish(label='Mac W')\n"
-        "data('gpu.power.board').sum(by=['host.name']).publish(label='GPU W')")
-    add(2, 6, "host_load", "GPU load per host (0-1)", "mac.gpu.usage and gpu.utilization.gpu", "graph", "percentunit",
-        {"builder": [builder("A", "mac.gpu.usage", "avg", "avg", "cluster IN $cluster AND host.name IN $host",
-                             ("host.name",)),
-                     builder("B", "gpu.utilization.gpu", "avg", "avg", "cluster IN $cluster AND host.name IN $host",
-                             ("host.name", "gpu.index"))]},
-        f'| mstats avg("mac.gpu.usage") AS mac avg("gpu.utilization.gpu") AS gpu WHERE index={INDEX} '
-        f"cluster=$cluster$ host=$host$ span=1m BY host | timechart span=1m avg(mac) avg(gpu) BY host",
-        "data('mac.gpu.usage').mean(by=['host.name']).publish(label='Mac GPU')\n"
-        "data('gpu.utilization.gpu').mean(by=['host.name', 'gpu.index']).publish(label='NVIDIA GPU')")
-
-    # 3. LLM performance per model
-    add(3, 4, "latency", "Request latency per model (p50 / p95)",
-        "LiteLLM gen_ai.client.operation.duration; O11y shows min/max/mean (see README)", "graph", "s",
-        {"builder": [builder("A", "gen_ai.client.operation.duration", "p50", "p50", "gen_ai.request.model IN $model",
-                             ("gen_ai.request.model",), "delta"),
-                     builder("B", "gen_ai.client.operation.duration", "p95", "p95", "gen_ai.request.model IN $model",
-                             ("gen_ai.request.model",), "delta")]},
-        f'| mstats sum("gen_ai.client.operation.duration_bucket") AS n WHERE index={INDEX} '
-        f'"gen_ai.request.model"=$model$ span=1m BY le "gen_ai.request.model" '
-        f'| eval le=tonumber(le) | sort 0 _time "gen_ai.request.model" le '
-        f'| streamstats sum(n) AS cum BY _time "gen_ai.request.model" '
-        f'| eventstats max(cum) AS total BY _time "gen_ai.request.model" '
-        f'| eval p50=if(cum>=total*0.5, le, null()), p95=if(cum>=total*0.95, le, null()) '
-        f'| stats min(p50) AS p50 min(p95) AS p95 BY _time "gen_ai.request.model"',
-        "data('gen_ai.client.operation.duration_min').min(by=['gen_ai.request.model']).publish(label='min')\n"
-        "data('gen_ai.client.operation.duration_max').max(by=['gen_ai.request.model']).publish(label='max')\n"
-        "(data('gen_ai.client.operation.duration_sum', rollup='sum').sum(by=['gen_ai.request.model']) / "
-        "data('gen_ai.client.operation.duration_count', rollup='sum').sum(by=['gen_ai.request.model']))"
-        ".publish(label='mean')")
-    add(3, 4, "ttft", "Time to first token per model (p95)", "LiteLLM, streaming requests only", "graph", "s",
-        {"builder": [builder("A", "gen_ai.client.response.time_to_first_token", "p95", "p95",
-                             "gen_ai.request.model IN $model", ("gen_ai.request.model",), "delta")]},
-        f'| mstats sum("gen_ai.client.response.time_to_first_token_sum") AS s '
-        f'sum("gen_ai.client.response.time_to_first_token_count") AS c WHERE index={INDEX} '
-        f'"gen_ai.request.model"=$model$ span=1m BY "gen_ai.request.model" | eval mean=s/c '
-        f'| timechart span=1m avg(mean) BY "gen_ai.request.model"',
-        "(data('gen_ai.client.response.time_to_first_token_sum', rollup='sum').sum(by=['gen_ai.request.model']) / "
-        "data('gen_ai.client.response.time_to_first_token_count', rollup='sum').sum(by=['gen_ai.request.model']))"
-        ".publish(label='mean TTFT')")
-    add(3, 4, "out_tps", "Output tokens/s per model", "LiteLLM output tokens; llama.cpp tokens_predicted for NVIDIA",
-        "graph", "none",
-        {"builder": [builder("A", "gen_ai.client.token.usage.sum", "rate", "sum",
-                             "gen_ai.token.type = 'output' AND gen_ai.request.model IN $model",
-                             ("gen_ai.request.model",), "delta"),
-                     builder("B", "llamacpp.tokens_predicted_total", "rate", "sum", "", ("model",), "cumulative")]},
-        f'| mstats sum("gen_ai.client.token.usage_sum") AS t WHERE index={INDEX} "gen_ai.token.type"="output" '
-        f'"gen_ai.request.model"=$model$ span=1m BY "gen_ai.request.model" | eval tps=t/60 '
-        f'| timechart span=1m sum(tps) BY "gen_ai.request.model"',
-        "data('gen_ai.client.token.usage_sum', filter=filter('gen_ai.token.type', 'output'), rollup='rate')"
-        ".sum(by=['gen_ai.request.model']).publish(label='LiteLLM tokens/s')\n"
-        "data('llamacpp.tokens_predicted_total', rollup='rate').sum(by=['model']).publish(label='llama.cpp tokens/s')")
-
-    # 4. token rate and cost over time
-    for cluster, prefix, boundary in (("mac-exo", "mac", "mac_node"), ("nvidia", "nv", "nv_node")):
-        label = BOUNDARIES[boundary][0]
-        add(4, 6, f"{prefix}_cost_time", f"{cluster}: $ per 1k tokens over time [{label}]",
-            f"per 5-minute window; boundary: {label}; windows without tokens are empty, not infinite",
-            "graph", "none", {"sql": ch_efficiency(boundary, cluster, "cost_per_1k_tokens")},
-            spl_efficiency_over_time(boundary, cluster, "cost_per_1k_tokens"),
-            flow_efficiency(boundary, cluster, "cost_per_1k_tokens"))
-
-    # 5. power by domain and energy; idle apart
-    add(5, 4, "mac_domains", "Mac power by domain (W)", "mac.power.cpu/.gpu/.ane/.ram/.system", "graph", "watt",
-        {"builder": [builder(q, f"mac.power.{d}", "avg", "sum", "host.name IN $host") for q, d in
-                     (("A", "cpu"), ("B", "gpu"), ("C", "ane"), ("D", "ram"), ("E", "system"))]},
-        f'| mstats avg("mac.power.cpu") AS cpu avg("mac.power.gpu") AS gpu avg("mac.power.ane") AS ane '
-        f'avg("mac.power.ram") AS ram avg("mac.power.system") AS system WHERE index={INDEX} host=$host$ span=1m '
-        f"| timechart span=1m sum(cpu) sum(gpu) sum(ane) sum(ram) sum(system)",
-        "\n".join(f"data('mac.power.{d}').sum().publish(label='{d}')" for d in ("cpu", "gpu", "ane", "ram", "system")))
-    add(5, 4, "nv_domains", "NVIDIA power by domain (W)", "gpu.power.board per GPU and host.power.cpu per RAPL zone",
-        "graph", "watt",
-        {"builder": [builder("A", "gpu.power.board", "avg", "sum", "host.name IN $host", ("gpu.index",)),
-                     builder("B", "host.power.cpu", "avg", "sum", "host.name IN $host", ("rapl.zone",))]},
-        f'| mstats avg("gpu.power.board") AS gpu avg("host.power.cpu") AS cpu WHERE index={INDEX} host=$host$ '
-        f"span=1m | timechart span=1m sum(gpu) sum(cpu)",
-        "data('gpu.power.board').sum(by=['gpu.index']).publish(label='GPU board')\n"
-        "data('host.power.cpu').sum(by=['rapl.zone']).publish(label='CPU (RAPL)')")
-    add(5, 4, "idle_power", "Idle power (W, while no tokens are generated)",
-        "power when the output token rate is 0: the floor a quiet hour costs", "graph", "watt",
-        {"builder": [builder("A", "mac.power.system", "avg", "sum", "cluster = 'mac-exo'"),
-                     builder("B", "gpu.power.board", "avg", "sum", "cluster = 'nvidia'")]},
-        f'| mstats avg("mac.power.system") AS mac avg("gpu.power.board") AS gpu WHERE index={INDEX} span=5m '
-        f'| appendcols [| mstats sum("gen_ai.client.token.usage_sum") AS tokens WHERE index={INDEX} '
-        f'"gen_ai.token.type"="output" span=5m] | where tokens=0 OR isnull(tokens) '
-        f"| timechart span=5m avg(mac) avg(gpu)",
-        "T = data('gen_ai.client.token.usage_sum', filter=filter('gen_ai.token.type', 'output'), "
-        "rollup='rate').sum()\n"
-        "data('mac.power.system').sum().publish(label='Mac W', enable=False)\n"
-        "data('gpu.power.board').sum().publish(label='GPU W', enable=False)\n"
-        "(data('mac.power.system').sum() * (T == 0)).publish(label='Mac idle W')")
-    add(5, 12, "energy", "Energy per hour by boundary (J)", "increase of each energy counter per hour", "graph", "J",
-        {"builder": [builder(q, m, "increase", "sum", "host.name IN $host", ("cluster",), "cumulative")
-                     for q, m in (("A", "mac.energy.total"), ("B", "mac.energy.system"), ("C", "gpu.energy"),
-                                  ("D", "host.energy.cpu"))]},
-        f'| mstats rate("mac.energy.total") AS soc rate("mac.energy.system") AS mac_node rate("gpu.energy") AS gpu '
-        f'rate("host.energy.cpu") AS cpu WHERE index={INDEX} span=1h | eval soc=soc*3600, mac_node=mac_node*3600, '
-        f"gpu=gpu*3600, cpu=cpu*3600 | timechart span=1h sum(soc) sum(mac_node) sum(gpu) sum(cpu)",
-        "\n".join(f"data('{m}', rollup='delta').sum().sum(over='1h').publish(label='{m}')"
-                  for m in ("mac.energy.total", "mac.energy.system", "gpu.energy", "host.energy.cpu")))
-
-    # 6. exporter health
-    add(6, 3, "buffer", "Exporter buffer (samples waiting)", "exporter.buffer.samples per host", "graph", "none",
-        {"builder": [builder("A", "exporter.buffer.samples", "max", "max", "", ("host.name",))]},
-        f'| mstats max("exporter.buffer.samples") AS b WHERE index={INDEX} span=1m BY host '
-        f"| timechart span=1m max(b) BY host",
-        "data('exporter.buffer.samples').max(by=['host.name']).publish(label='buffered')")
-    add(6, 3, "drops", "Data points dropped (by reason)", "exporter.datapoints.dropped", "graph", "none",
-        {"builder": [builder("A", "exporter.datapoints.dropped", "increase", "sum", "", ("host.name", "reason"),
-                             "cumulative")]},
-        f'| mstats rate("exporter.datapoints.dropped") AS d WHERE index={INDEX} span=5m BY host reason '
-        f"| timechart span=5m sum(d) BY reason",
-        "data('exporter.datapoints.dropped', rollup='delta').sum(by=['host.name', 'reason']).publish(label='dropped')")
-    add(6, 3, "restarts", "Source restarts (macmon / nvidia-smi)", "exporter.source.restarts", "graph", "none",
-        {"builder": [builder("A", "exporter.source.restarts", "increase", "sum", "", ("host.name",), "cumulative")]},
-        f'| mstats rate("exporter.source.restarts") AS r WHERE index={INDEX} span=5m BY host '
-        f"| timechart span=5m sum(r) BY host",
-        "data('exporter.source.restarts', rollup='delta').sum(by=['host.name']).publish(label='restarts')")
-    add(6, 3, "sample_age", "Last sample age (s)", "seconds since each host's last exporter.samples.read point",
-        "graph", "s",
-        {"sql": "SELECT JSONExtractString(labels, 'host.name') AS host, (toUnixTimestamp(now()) * 1000 - "
-                "max(unix_milli)) / 1000 AS value FROM signoz_metrics.distributed_time_series_v4 WHERE metric_name = "
-                "'exporter.samples.read' AND unix_milli >= {{.end_timestamp_ms}} - 86400000 GROUP BY host"},
-        f'| mstats latest("exporter.samples.read") AS n WHERE index={INDEX} earliest=-24h BY host '
-        f'| join host [| mstats latest_time("exporter.samples.read") AS t WHERE index={INDEX} earliest=-24h BY host] '
-        f"| eval value=now()-t | table host value",
-        "data('exporter.samples.read').count(by=['host.name']).publish(label='reporting')")
+        out.append(panel(
+            row=1, width=2, id=f"{prefix}_watts", title=f"{cluster}: watts now", description=watts_label,
+            kind="value", unit="watt",
+            signoz={"builder": [builder("A", power, "avg", "sum", f"cluster = '{cluster}'")]},
+            spl=f'| mstats avg("{power}") AS w WHERE index={INDEX} cluster="{cluster}" earliest=-2m '
+                f'BY {SPL_DIMENSIONS.get(power, "host")} | stats sum(w) AS value',
+            flow=f"data('{power}', filter=filter('cluster', '{cluster}')).mean(over='1m').sum().publish(label='W')"))
+        out.append(panel(
+            row=1, width=2, id=f"{prefix}_tps", title=f"{cluster}: output tokens/s now",
+            description="LiteLLM output tokens of the models this cluster serves (cluster from TPW_MODEL_CLUSTERS)",
+            kind="value", unit="none",
+            signoz={"builder": [builder("A", f"{TOKENS}.sum", "rate", "sum",
+                                        f"gen_ai.token.type = 'output' AND cluster = '{cluster}'")]},
+            spl=f"{spl_token_rate(cluster)} earliest=-5m | eval value=tps",
+            flow=f"{flow_tokens(cluster)}.publish(label='tokens/s')"))
+        chip, node = CLUSTER_BOUNDARIES[cluster]
+        for boundary in (chip, node):
+            out.append(efficiency_panel(1, 2, cluster, prefix, boundary, "tokens_per_joule", "tokens per joule",
+                                        "increase of output tokens / increase of energy over the window"))
+    for cluster, prefix, *_ in CLUSTERS:
+        chip, node = CLUSTER_BOUNDARIES[cluster]
+        for boundary in (chip, node):
+            out.append(efficiency_panel(2, 3, cluster, prefix, boundary, "cost_per_1k_tokens", "$ per 1k tokens",
+                                        "energy per token x $price_per_kwh $currency per kWh; electricity only"))
+        out.append(efficiency_panel(2, 3, cluster, prefix, node, "cost_per_1m_tokens", "on-prem $ per 1M tokens",
+                                    "electricity per 1M output tokens, to set beside an API's price per 1M "
+                                    "($api_price_per_1m $currency)"))
+        out.append(efficiency_panel(2, 3, cluster, prefix, node, "api_over_onprem", "API price / on-prem price",
+                                    "what an API at $api_price_per_1m $currency per 1M output tokens would have "
+                                    "charged for these tokens, per unit of their electricity here (above 1: "
+                                    "cheaper here, electricity only)"))
     return out
+
+
+def host_panels():
+    return [
+        panel(row=3, width=6, id="host_power", title="Power per host (W)",
+              description="mac.power.system for Macs, gpu.power.board summed over each host's GPUs", kind="graph",
+              unit="watt",
+              signoz={"builder": [builder("A", "mac.power.system", "avg", "sum",
+                                          "cluster IN $cluster AND host.name IN $host", ("host.name",)),
+                                  builder("B", "gpu.power.board", "avg", "sum",
+                                          "cluster IN $cluster AND host.name IN $host", ("host.name",))]},
+              spl=f"| mstats avg(\"mac.power.system\") AS w WHERE index={INDEX} cluster=$cluster$ host=$host$ span=1m "
+                  f"BY host | append [| mstats avg(\"gpu.power.board\") AS w WHERE index={INDEX} cluster=$cluster$ "
+                  f"host=$host$ span=1m BY host gpu.uuid] | stats sum(w) AS w BY _time host "
+                  f"| timechart span=1m sum(w) BY host",
+              flow="data('mac.power.system').sum(by=['host.name']).publish(label='Mac W')\n"
+                   "data('gpu.power.board').sum(by=['host.name']).publish(label='GPU W')"),
+        panel(row=3, width=6, id="host_load", title="GPU load per host (0-1)",
+              description="mac.gpu.usage and gpu.utilization.gpu", kind="graph", unit="percentunit",
+              signoz={"builder": [builder("A", "mac.gpu.usage", "avg", "avg",
+                                          "cluster IN $cluster AND host.name IN $host", ("host.name",)),
+                                  builder("B", "gpu.utilization.gpu", "avg", "avg",
+                                          "cluster IN $cluster AND host.name IN $host", ("host.name", "gpu.index"))]},
+              spl=f"| mstats avg(\"mac.gpu.usage\") AS mac avg(\"gpu.utilization.gpu\") AS gpu WHERE index={INDEX} "
+                  f"cluster=$cluster$ host=$host$ span=1m BY host | timechart span=1m avg(mac) avg(gpu) BY host",
+              flow="data('mac.gpu.usage').mean(by=['host.name']).publish(label='Mac GPU')\n"
+                   "data('gpu.utilization.gpu').mean(by=['host.name', 'gpu.index']).publish(label='NVIDIA GPU')"),
+    ]
+
+
+def llm_panels():
+    duration, ttft = "gen_ai.client.operation.duration", "gen_ai.server.time_to_first_token"
+    by_model = ("gen_ai.request.model",)
+    models = "gen_ai.request.model IN $model"
+    return [
+        panel(row=4, width=4, id="latency", title="Request latency per model (p50 / p95)",
+              description=f"LiteLLM {duration}; O11y shows the mean per minute (its exporter drops buckets)",
+              kind="graph", unit="s",
+              signoz={"builder": [percentile("A", duration, "p50", models, by_model),
+                                  percentile("B", duration, "p95", models, by_model)]},
+              spl=spl_percentiles(duration),
+              flow=f"(data('{duration}_sum', rollup='rate').sum(by=['gen_ai.request.model']) / "
+                   f"data('{duration}_count', rollup='rate').sum(by=['gen_ai.request.model']))"
+                   ".publish(label='mean')"),
+        panel(row=4, width=4, id="ttft", title="Time to first token per model (p95)",
+              description=f"LiteLLM {ttft} (1.96+), streaming requests only", kind="graph", unit="s",
+              signoz={"builder": [percentile("A", ttft, "p95", models, by_model)]},
+              spl=spl_percentiles(ttft).replace(" p50=if(n>=total*0.5 AND total>0, bound, null()),", "")
+                  .replace("min(p50) AS p50 ", ""),
+              flow=f"(data('{ttft}_sum', rollup='rate').sum(by=['gen_ai.request.model']) / "
+                   f"data('{ttft}_count', rollup='rate').sum(by=['gen_ai.request.model']))"
+                   ".publish(label='mean TTFT')"),
+        panel(row=4, width=4, id="out_tps", title="Output tokens/s per cluster",
+              description="LiteLLM output tokens by the cluster that served them; llama.cpp tokens_predicted",
+              kind="graph", unit="none",
+              signoz={"builder": [builder("A", f"{TOKENS}.sum", "rate", "sum", "gen_ai.token.type = 'output'",
+                                          ("cluster",)),
+                                  builder("B", "llamacpp.tokens_predicted_total", "rate", "sum", "", ("model",))]},
+              spl=f'| mstats rate_sum("{TOKENS}_sum") AS tps WHERE index={INDEX} gen_ai.token.type=output '
+                  f"span=1m BY cluster | timechart span=1m sum(tps) BY cluster",
+              flow=f"data('{TOKENS}_sum', filter=filter('gen_ai.token.type', 'output'), rollup='rate')"
+                   ".sum(by=['cluster']).publish(label='LiteLLM tokens/s')\n"
+                   "data('llamacpp.tokens_predicted_total', rollup='rate').sum(by=['model'])"
+                   ".publish(label='llama.cpp tokens/s')"),
+    ]
+
+
+def cost_over_time_panels():
+    out = []
+    for cluster, prefix, *_ in CLUSTERS:
+        boundary = CLUSTER_BOUNDARIES[cluster][1]
+        label = BOUNDARIES[boundary][0]
+        out.append(panel(
+            row=5, width=6, id=f"{prefix}_cost_time", title=f"{cluster}: $ per 1k tokens over time [{label}]",
+            description=f"per 5-minute window; boundary: {label}; windows without tokens are empty, not infinite",
+            kind="graph", unit="none", signoz={"sql": ch_efficiency_over_time(boundary, cluster, "cost_per_1k_tokens")},
+            spl=spl_efficiency_over_time(boundary, cluster, "cost_per_1k_tokens"),
+            flow=flow_efficiency(boundary, cluster, "cost_per_1k_tokens")))
+    return out
+
+
+def power_panels():
+    tokens_now = flow_tokens("mac-exo").replace(" and filter('cluster', 'mac-exo')", "")
+    return [
+        panel(row=6, width=4, id="mac_domains", title="Mac power by domain (W)",
+              description="mac.power.cpu/.gpu/.ane/.ram/.system, summed over the Macs", kind="graph", unit="watt",
+              signoz={"builder": [builder(q, f"mac.power.{d}", "avg", "sum", "host.name IN $host") for q, d in
+                                  (("A", "cpu"), ("B", "gpu"), ("C", "ane"), ("D", "ram"), ("E", "system"))]},
+              spl=f'| mstats avg("mac.power.cpu") AS cpu avg("mac.power.gpu") AS gpu avg("mac.power.ane") AS ane '
+                  f'avg("mac.power.ram") AS ram avg("mac.power.system") AS system WHERE index={INDEX} host=$host$ '
+                  f"span=1m BY host | timechart span=1m sum(cpu) sum(gpu) sum(ane) sum(ram) sum(system)",
+              flow="\n".join(f"data('mac.power.{d}').sum().publish(label='{d}')"
+                             for d in ("cpu", "gpu", "ane", "ram", "system"))),
+        panel(row=6, width=4, id="nv_domains", title="NVIDIA power by domain (W)",
+              description="gpu.power.board summed over the GPUs; host.power.cpu over the RAPL packages",
+              kind="graph", unit="watt",
+              signoz={"builder": [builder("A", "gpu.power.board", "avg", "sum", "host.name IN $host"),
+                                  builder("B", "host.power.cpu", "avg", "sum",
+                                          "host.name IN $host" + ch_rapl_filter("host.power.cpu"))]},
+              spl=f'| mstats avg("gpu.power.board") AS gpu WHERE index={INDEX} host=$host$ span=1m BY host gpu.uuid '
+                  f'| append [| mstats avg("host.power.cpu") AS cpu WHERE index={INDEX} host=$host$ '
+                  f"{SPL_RAPL_PACKAGES} span=1m BY host rapl.zone] | timechart span=1m sum(gpu) sum(cpu)",
+              flow="data('gpu.power.board').sum().publish(label='GPU boards')\n"
+                   "data('host.power.cpu', filter=filter('rapl.zone', 'package-*')).sum().publish(label='CPU (RAPL)')"),
+        panel(row=6, width=4, id="idle_power", title="Idle power (W, while no tokens are generated)",
+              description="power when the output token rate is 0: the floor a quiet hour costs", kind="graph",
+              unit="watt",
+              signoz={"builder": [builder("A", "mac.power.system", "avg", "sum", "cluster = 'mac-exo'"),
+                                  builder("B", "gpu.power.board", "avg", "sum", "cluster = 'nvidia'")]},
+              spl=f'| mstats avg("mac.power.system") AS mac WHERE index={INDEX} span=5m BY host '
+                  f'| append [| mstats avg("gpu.power.board") AS gpu WHERE index={INDEX} span=5m BY host gpu.uuid] '
+                  f'| append [| mstats rate_sum("{TOKENS}_sum") AS tps WHERE index={INDEX} gen_ai.token.type=output '
+                  f"span=5m] | stats sum(mac) AS mac sum(gpu) AS gpu sum(tps) AS tps BY _time "
+                  f"| where tps=0 OR isnull(tps) | timechart span=5m avg(mac) avg(gpu)",
+              flow=f"T = {tokens_now}\n"
+                   "idle = T.below(0, inclusive=True) * 0 + 1\n"
+                   "(data('mac.power.system').sum() * idle).publish(label='Mac idle W')\n"
+                   "(data('gpu.power.board').sum() * idle).publish(label='GPU idle W')"),
+        panel(row=7, width=12, id="energy", title="Energy per hour by boundary (J)",
+              description="increase of each energy counter per hour (RAPL: packages)", kind="graph", unit="J",
+              signoz={"builder": [builder(q, m, "increase", "sum", "host.name IN $host" + ch_rapl_filter(m),
+                                          ("cluster",)) for q, m in zip("ABCD", ENERGY_COUNTERS)]},
+              spl=" | append [".join(spl_energy_per_hour(m) for m in ENERGY_COUNTERS) + "]" * 3
+                  + " | timechart span=1h sum(joules) BY boundary",
+              flow="\n".join(f"data('{m}', {flow_rapl_filter(m)}rollup='delta').sum().sum(over='1h')"
+                             f".publish(label='{m}')" for m in ENERGY_COUNTERS)),
+    ]
+
+
+ENERGY_COUNTERS = ("mac.energy.total", "mac.energy.system", "gpu.energy", "host.energy.cpu")
+
+
+def ch_rapl_filter(metric):
+    return " AND rapl.zone NOT LIKE '%/%' AND rapl.zone != 'psys'" if metric.startswith("host.") else ""
+
+
+def flow_rapl_filter(metric):
+    return "filter=filter('rapl.zone', 'package-*'), " if metric.startswith("host.") else ""
+
+
+def spl_energy_per_hour(metric):
+    rapl = f" {SPL_RAPL_PACKAGES}" if metric.startswith("host.") else ""
+    return (f'| mstats rate_sum("{metric}") AS w WHERE index={INDEX}{rapl} span=1h '
+            f'| eval joules=w*3600, boundary="{metric}"')
+
+
+def health_panels():
+    return [
+        panel(row=8, width=3, id="buffer", title="Exporter buffer (samples waiting)",
+              description="exporter.buffer.samples per host", kind="graph", unit="none",
+              signoz={"builder": [builder("A", "exporter.buffer.samples", "max", "max", "", ("host.name",))]},
+              spl=f'| mstats max("exporter.buffer.samples") AS b WHERE index={INDEX} span=1m BY host '
+                  f"| timechart span=1m max(b) BY host",
+              flow="data('exporter.buffer.samples').max(by=['host.name']).publish(label='buffered')"),
+        panel(row=8, width=3, id="drops", title="Data points dropped per second (by reason)",
+              description="exporter.datapoints.dropped", kind="graph", unit="none",
+              signoz={"builder": [builder("A", "exporter.datapoints.dropped", "rate", "sum", "",
+                                          ("host.name", "reason"))]},
+              spl=f'| mstats rate_sum("exporter.datapoints.dropped") AS d WHERE index={INDEX} span=5m BY host reason '
+                  f"| timechart span=5m sum(d) BY reason",
+              flow="data('exporter.datapoints.dropped', rollup='rate').sum(by=['host.name', 'reason'])"
+                   ".publish(label='dropped/s')"),
+        panel(row=8, width=3, id="restarts", title="Source restarts (macmon / nvidia-smi)",
+              description="exporter.source.restarts, increase per window", kind="graph", unit="none",
+              signoz={"builder": [builder("A", "exporter.source.restarts", "increase", "sum", "", ("host.name",))]},
+              spl=f'| mstats rate_sum("exporter.source.restarts") AS r WHERE index={INDEX} span=5m BY host '
+                  f"| eval r=r*300 | timechart span=5m sum(r) BY host",
+              flow="data('exporter.source.restarts', rollup='delta').sum(by=['host.name']).publish(label='restarts')"),
+        panel(row=8, width=3, id="sample_age", title="Last sample age (s)",
+              description="seconds from each host's last exporter.samples.read point to the end of the window",
+              kind="table", unit="s", signoz={"sql": ch_sample_age()},
+              spl=f'| mstats latest_time("exporter.samples.read") AS t WHERE index={INDEX} earliest=-24h BY host '
+                  f"| eval value=now()-t | table host value",
+              flow="data('exporter.samples.read').count(by=['host.name']).publish(label='reporting')"),
+    ]
+
+
+def panels():
+    """Every panel, in order; place() puts them on the grid."""
+    return (headline_panels() + host_panels() + llm_panels() + cost_over_time_panels() + power_panels()
+            + health_panels())
 
 
 # ---------------------------------------------------------------- placement, once for every backend
@@ -392,12 +554,16 @@ def build_signoz(layout):
 
 # ---------------------------------------------------------------- Splunk Enterprise (Dashboard Studio)
 
+SPLUNK_VIZ = {"value": "splunk.singlevalue", "graph": "splunk.line", "table": "splunk.table"}
+O11Y_CHART = {"value": "SingleValue", "graph": "TimeSeriesChart", "table": "List"}
+
+
 def build_splunk(layout):
     data_sources, visualizations, structure = {}, {}, []
     for p in layout:
         ds, viz = f"ds_{p['id']}", f"viz_{p['id']}"
         data_sources[ds] = {"type": "ds.search", "name": p["title"], "options": {"query": p["spl"]}}
-        visualizations[viz] = {"type": "splunk.singlevalue" if p["kind"] == "value" else "splunk.line",
+        visualizations[viz] = {"type": SPLUNK_VIZ[p["kind"]],
                                "title": p["title"], "description": p["description"],
                                "dataSources": {"primary": ds}}
         structure.append({"item": viz, "type": "block", "position": {
@@ -427,12 +593,12 @@ def build_o11y(layout):
     charts, placements = [], []
     for p in layout:
         charts.append({"name": p["title"], "description": p["description"], "programText": p["flow"],
-                       "options": {"type": "SingleValue" if p["kind"] == "value" else "TimeSeriesChart"},
+                       "options": {"type": O11Y_CHART[p["kind"]]},
                        "tags": ["tokens-per-watt"]})
         placements.append({"chart": p["title"], "row": p["line"], "column": p["x"], "width": p["width"],
                            "height": 1})
     dashboard = {"name": TITLE, "description": "Same layout as the SigNoz and Splunk Enterprise dashboards. "
-                 "Latency shows min/max/mean: the signalfx exporter drops histogram buckets.",
+                 "Latency shows the mean per minute: the signalfx exporter drops histogram buckets.",
                  "charts": placements,
                  "filters": {"variables": [{"property": "cluster", "alias": "cluster", "value": [],
                                             "required": False, "applyIfExists": True},

@@ -58,8 +58,8 @@ def queried_metrics():
                 out += [("signoz", widget["title"], n) for n in names]
     splunk = load("splunk-enterprise/tokens-per-watt.json")
     for ds in splunk["dataSources"].values():
-        out += [("splunk", ds["name"], n) for n in re.findall(r'\b(?:avg|sum|count|max|min|rate|earliest|latest|'
-                                                              r'latest_time)\("([^"]+)"\)', ds["options"]["query"])]
+        out += [("splunk", ds["name"], n) for n in re.findall(r'\b(?:avg|sum|count|max|min|rate|rate_sum|earliest|'
+                                                              r'latest|latest_time)\("([^"]+)"\)', ds["options"]["query"])]
     for chart in load("splunk-o11y/tokens-per-watt.json")["charts"]:
         out += [("o11y", chart["name"], n) for n in re.findall(r"data\('([^']+)'", chart["programText"])]
     return out
@@ -147,7 +147,7 @@ def test_splunk_shape():
     dash = load("splunk-enterprise/tokens-per-watt.json")
     assert {"title", "dataSources", "visualizations", "inputs", "defaults", "layout"} <= set(dash)
     for viz in dash["visualizations"].values():
-        assert viz["type"] in ("splunk.singlevalue", "splunk.line") and viz["dataSources"]["primary"] in dash[
+        assert viz["type"] in ("splunk.singlevalue", "splunk.line", "splunk.table") and viz["dataSources"]["primary"] in dash[
             "dataSources"]
     for item in dash["layout"]["structure"]:
         assert item["item"] in dash["visualizations"] and item["type"] == "block"
@@ -161,10 +161,10 @@ def test_o11y_shape():
     bundle = load("splunk-o11y/tokens-per-watt.json")
     names = {c["name"] for c in bundle["charts"]}
     for chart in bundle["charts"]:
-        assert chart["options"]["type"] in ("TimeSeriesChart", "SingleValue") and ".publish(" in chart["programText"]
+        assert chart["options"]["type"] in ("TimeSeriesChart", "SingleValue", "List") and ".publish(" in chart["programText"]
     for place in bundle["dashboard"]["charts"]:
         assert place["chart"] in names and place["column"] + place["width"] <= 12
-    assert "min/max/mean" in bundle["dashboard"]["description"]
+    assert "mean per minute" in bundle["dashboard"]["description"]
 
 
 def test_every_queried_metric_exists_with_its_unit():
@@ -213,13 +213,17 @@ def formulas_in_files():
     found = []
     for widget in load("signoz/tokens-per-watt.json")["widgets"]:
         for q in widget["query"]["clickhouse_sql"]:
-            for m in re.finditer(r"if\(tokens > 0 AND joules > 0, (.+?), NULL\)", q["query"]):
-                found.append(("signoz", m.group(1), {"{{.price_per_kwh}}": "price_per_kwh"}))
+            for m in re.finditer(r"if\((?:t\.)?tokens > 0 AND (?:e\.)?joules > 0, (.+?), NULL\)", q["query"]):
+                found.append(("signoz", m.group(1), {
+                    "toFloat64OrNull(toString({{.price_per_kwh}}))": "price_per_kwh",
+                    "toFloat64OrNull(toString({{.api_price_per_1m}}))": "api_price_per_1m",
+                    "t.tokens": "tokens", "e.joules": "joules"}))
     for ds in load("splunk-enterprise/tokens-per-watt.json")["dataSources"].values():
-        for m in re.finditer(r"if\(tokens>0 AND joules>0, (.+?), null\(\)\)", ds["options"]["query"]):
-            found.append(("splunk", m.group(1), {"$price_per_kwh$": "price_per_kwh"}))
+        for m in re.finditer(r"if\(tps>0 AND watts>0, (.+?), null\(\)\)", ds["options"]["query"]):
+            found.append(("splunk", m.group(1), {"$price_per_kwh$": "price_per_kwh", "$api_price_per_1m$":
+                                                 "api_price_per_1m", "tps": "tokens", "watts": "joules"}))
     for chart in load("splunk-o11y/tokens-per-watt.json")["charts"]:
-        for m in re.finditer(r"^\((.+)\)\.publish\(label='(tokens_per_joule|cost_per_1k_tokens)'\)",
+        for m in re.finditer(r"^\((.+)\)\.publish\(label='(" + "|".join(build.FORMULAS) + r")'\)",
                              chart["programText"], re.M):
             found.append(("o11y", m.group(1), {"T": "tokens", "J": "joules"}))
     return found
@@ -230,10 +234,15 @@ def test_formulas_as_written_in_each_backend_give_the_worked_answers():
     assert {b for b, _e, _n in found} == {"signoz", "splunk", "o11y"}
     for backend, expression, names in found:
         for old, new in names.items():
-            expression = re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w])", new, expression)
+            expression = expression.replace(old, new) if not old.isalpha() else \
+                re.sub(rf"(?<![\w.$]){re.escape(old)}(?![\w$])", new, expression)
         for tokens, joules, price, tpj, _jpt, cost in WORKED:
-            value = eval(expression, {}, {"tokens": tokens, "joules": joules, "price_per_kwh": price})
-            assert value == pytest.approx(tpj) or value == pytest.approx(cost), (backend, expression)
+            env = {"tokens": tokens, "joules": joules, "price_per_kwh": price, "api_price_per_1m": 0.6}
+            value = eval(expression, {}, env)
+            answers = [eval(f, {}, env) for f in build.FORMULAS.values()]
+            assert any(value == pytest.approx(a) for a in answers), (backend, expression)
+            assert value == pytest.approx(tpj) or value == pytest.approx(cost) or backend != "signoz" or \
+                "1000000" in expression, (backend, expression)
 
 
 def test_no_efficiency_without_tokens():
@@ -241,8 +250,9 @@ def test_no_efficiency_without_tokens():
     signoz = json.dumps(load("signoz/tokens-per-watt.json"))
     splunk = json.dumps(load("splunk-enterprise/tokens-per-watt.json"))
     o11y = load("splunk-o11y/tokens-per-watt.json")
-    assert signoz.count("if(tokens > 0 AND joules > 0") >= 4
-    assert splunk.count("if(tokens>0 AND joules>0") >= 6
+    assert signoz.count("if(tokens > 0 AND joules > 0") == 12  # 6 tiles per cluster
+    assert signoz.count("if(t.tokens > 0 AND e.joules > 0") == 2
+    assert splunk.count("if(tps>0 AND watts>0") == 14  # and 2 graphs
     for chart in o11y["charts"]:
         if "publish(label='cost_per_1k_tokens')" in chart["programText"]:
             assert ".above(0, inclusive=False)" in chart["programText"]
