@@ -158,19 +158,24 @@ def ch_series(metrics, conditions, since):
             + "".join(f" AND {c}" for c in conditions))
 
 
+CH_LOOKBACK_MS = 300000  # samples read from before the window, so its first sample has one before it
+
+
 def ch_increase_rows(metrics, conditions, bucket=None):
-    """(ts,) inc rows: each sample's increase over the one before it in the window, per series.
-    A cumulative counter that went back (an exporter restart) counts from zero again; a delta
-    series (LiteLLM before 1.96) counts each value. `bucket` in seconds adds a ts column."""
+    """(ts,) inc rows: what each sample in the window adds (a sample covers the time since the one
+    before it, so the window's increase is exact): a cumulative counter's rise since the sample
+    before (one that went back, an exporter restart, counts from zero again), a delta series' value
+    (LiteLLM before 1.96). `bucket` in seconds adds a ts column for graphs."""
     names = ", ".join(f"'{m}'" for m in metrics)
     ts = (f"toStartOfInterval(toDateTime(intDiv(unix_milli, 1000)), INTERVAL {bucket} SECOND) AS ts, "
           if bucket else "")
+    since = f"{{{{.start_timestamp_ms}}}} - {CH_LOOKBACK_MS}"
     return (f"SELECT {ts}if(temporality = 'Delta', value, if(isNaN(prev), 0, if(value >= prev, value - prev, value)))"
             f" AS inc FROM (SELECT unix_milli, temporality, value, lagInFrame(value, 1, nan) OVER (PARTITION BY "
             f"fingerprint ORDER BY unix_milli ASC ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev FROM {CH_SAMPLES} "
-            f"WHERE metric_name IN ({names}) AND unix_milli BETWEEN {{{{.start_timestamp_ms}}}} AND "
-            f"{{{{.end_timestamp_ms}}}} AND fingerprint GLOBAL IN ("
-            f"{ch_series(metrics, conditions, '{{.start_timestamp_ms}}')}))")
+            f"WHERE metric_name IN ({names}) AND unix_milli BETWEEN {since} AND {{{{.end_timestamp_ms}}}} "
+            f"AND fingerprint GLOBAL IN ({ch_series(metrics, conditions, since)})) "
+            f"WHERE unix_milli > {{{{.start_timestamp_ms}}}}")
 
 
 def ch_energy_conditions(cluster):
