@@ -72,8 +72,8 @@ def lab(tmp_path_factory):
 
 def output_tokens(receiver, model):
     """The latest cumulative output-token sum of one model (LiteLLM exports every 5 s)."""
-    points = [p for p in receiver.series("gen_ai.client.token.usage")
-              if p.attributes.get("gen_ai.request.model") == model and p.attributes.get("gen_ai.token.type") == "output"]
+    points = [p for p in receiver.series("gen_ai.client.token.usage") if
+              p.attributes.get("gen_ai.request.model") == model and p.attributes.get("gen_ai.token.type") == "output"]
     return max((p.value for p in points), default=0)
 
 
