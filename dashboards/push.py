@@ -64,15 +64,46 @@ class Api:
         return json.loads(text) if text.strip() else {}
 
 
+def signoz_items(listing):
+    """The dashboards in a SigNoz list answer: {"data": [...]} or {"data": {"dashboards": [...]}}."""
+    data = listing.get("data") if isinstance(listing, dict) else listing
+    if isinstance(data, dict):
+        data = data.get("dashboards") or data.get("items") or []
+    return [d for d in data or [] if isinstance(d, dict)]
+
+
+def signoz_title(item):
+    """A listed dashboard's title: classic `data.title`, or the v2 (Perses) display name."""
+    data = item.get("data") or {}
+    spec = item.get("spec") or data.get("spec") or {}
+    return (data.get("title") or item.get("title") or (spec.get("display") or {}).get("name")
+            or (item.get("metadata") or {}).get("name") or item.get("name"))
+
+
 def push_signoz(api, dashboard):
+    """SigNoz 0.135+ answers 501 on the v1 dashboards API: use v2, whose POST and PUT take the
+    classic JSON and migrate it. A SigNoz without v2 (404) gets the v1 calls."""
+    listing = api.call("GET", "/api/v2/dashboards?limit=1000")
+    if listing is None and not api.dry_run:
+        return push_signoz_v1(api, dashboard)
+    found = [d for d in signoz_items(listing or {}) if signoz_title(d) == dashboard["title"]]
+    if found:
+        uuid = found[0].get("id") or found[0].get("uuid")
+        api.call("PUT", f"/api/v2/dashboards/{uuid}", body=dashboard)
+        return f"updated SigNoz dashboard {uuid}"
+    api.call("POST", "/api/v2/dashboards", body=dashboard)
+    return "created the SigNoz dashboard"
+
+
+def push_signoz_v1(api, dashboard):
     listing = api.call("GET", "/api/v1/dashboards") or {}
-    found = [d for d in listing.get("data") or [] if (d.get("data") or {}).get("title") == dashboard["title"]]
+    found = [d for d in signoz_items(listing) if signoz_title(d) == dashboard["title"]]
     if found:
         uuid = found[0].get("uuid") or found[0].get("id")
         api.call("PUT", f"/api/v1/dashboards/{uuid}", body=dashboard)
-        return f"updated SigNoz dashboard {uuid}"
+        return f"updated SigNoz dashboard {uuid} (v1 API, SigNoz before 0.135)"
     api.call("POST", "/api/v1/dashboards", body=dashboard)
-    return "created the SigNoz dashboard"
+    return "created the SigNoz dashboard (v1 API, SigNoz before 0.135)"
 
 
 def push_splunk(api, definition):

@@ -264,9 +264,10 @@ def test_no_efficiency_without_tokens():
 class FakeApi:
     """Records method, path, auth header and body; keeps what was created so a second push updates."""
 
-    def __init__(self):
+    def __init__(self, signoz="current"):
         self.requests = []
         self.store = {}
+        self.signoz = signoz  # current: v2 only (v1 answers 501, 0.135+); old: v1 only
         api = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -297,6 +298,19 @@ class FakeApi:
     def answer(self, method, path, body):
         route = urllib.parse.urlsplit(path)
         query = urllib.parse.parse_qs(route.query)
+        if route.path.startswith("/api/v1/dashboards") and self.signoz == "current":
+            return 501, {"status": "error", "error": {"code": "v1_deprecated", "message": "use /api/v2/dashboards"}}
+        if route.path.startswith("/api/v2/dashboards") and self.signoz == "old":
+            return 404, {"status": "error", "error": "page not found"}
+        if route.path == "/api/v2/dashboards":
+            if method == "GET":
+                return 200, {"status": "success", "data": [{"id": k, "data": v} for k, v in self.store.items()]}
+            uuid = f"0190c0de-0000-7000-8000-00000000000{len(self.store) + 1}"
+            self.store[uuid] = json.loads(body)
+            return 201, {"status": "success", "data": {"id": uuid}}
+        if route.path.startswith("/api/v2/dashboards/") and method == "PUT":
+            self.store[route.path.rsplit("/", 1)[1]] = json.loads(body)
+            return 200, {"status": "success"}
         if route.path == "/api/v1/dashboards":
             if method == "GET":
                 return 200, {"status": "success", "data": [{"uuid": k, "data": v} for k, v in self.store.items()]}
@@ -353,14 +367,29 @@ def test_push_signoz_creates_then_updates_in_place(api):
     first = push("signoz", api)
     assert first.returncode == 0 and "created" in first.stdout, first.stderr
     second = push("signoz", api)
-    assert second.returncode == 0 and "updated SigNoz dashboard uuid-1" in second.stdout
+    uuid = "0190c0de-0000-7000-8000-000000000001"
+    assert second.returncode == 0 and f"updated SigNoz dashboard {uuid}" in second.stdout, second.stderr
     assert len(api.store) == 1
     methods = [(m, p) for m, p, _a, _b in api.requests]
-    assert methods == [("GET", "/api/v1/dashboards"), ("POST", "/api/v1/dashboards"), ("GET", "/api/v1/dashboards"),
-                       ("PUT", "/api/v1/dashboards/uuid-1")]
+    assert methods == [("GET", "/api/v2/dashboards?limit=1000"), ("POST", "/api/v2/dashboards"),
+                       ("GET", "/api/v2/dashboards?limit=1000"), ("PUT", f"/api/v2/dashboards/{uuid}")]
     assert all(a == {"signoz-api-key": "sz-secret"} for _m, _p, a, _b in api.requests)
     assert json.loads(api.requests[1][3])["title"] == build.TITLE
     assert "sz-secret" not in first.stdout + second.stdout
+
+
+def test_push_signoz_before_0_135_uses_the_v1_api():
+    api = FakeApi(signoz="old")
+    try:
+        assert push("signoz", api).returncode == 0
+        second = push("signoz", api)
+    finally:
+        api.stop()
+    assert second.returncode == 0 and "updated SigNoz dashboard uuid-1 (v1 API" in second.stdout
+    methods = [(m, p) for m, p, _a, _b in api.requests]
+    assert methods == [("GET", "/api/v2/dashboards?limit=1000"), ("GET", "/api/v1/dashboards"),
+                       ("POST", "/api/v1/dashboards"), ("GET", "/api/v2/dashboards?limit=1000"),
+                       ("GET", "/api/v1/dashboards"), ("PUT", "/api/v1/dashboards/uuid-1")]
 
 
 def test_push_splunk_creates_then_updates_the_view(api):
@@ -395,7 +424,7 @@ def test_push_o11y_charts_then_dashboard_and_price(api):
 def test_dry_run_prints_requests_and_sends_none(api):
     result = push("signoz", api, "--dry-run")
     assert result.returncode == 0
-    assert "GET " + api.url + "/api/v1/dashboards" in result.stdout and "POST " in result.stdout
+    assert "GET " + api.url + "/api/v2/dashboards" in result.stdout and "POST " in result.stdout
     assert "'SIGNOZ-API-KEY': '***'" in result.stdout and "sz-secret" not in result.stdout
     assert api.requests == []
 
@@ -434,3 +463,25 @@ def test_no_two_panels_overlap(backend):
         for j, (x2, y2, w2, h2) in enumerate(placed[:i]):
             apart = x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y
             assert apart, f"{backend}: panel {i} overlaps panel {j}"
+
+
+def test_every_litellm_metric_and_attribute_a_dashboard_uses_is_what_litellm_sends():
+    """Held to what the real LiteLLM sent (tests/fixtures/litellm/metrics.json, test_litellm.py)."""
+    with open(os.path.join(ROOT, "tests", "fixtures", "litellm", "metrics.json")) as fh:
+        sent = json.load(fh)["metrics"]
+    known = known_units()
+    used = {base_name(name, known) for _b, _t, name in queried_metrics()}
+    litellm = {name for name in used if name.startswith("gen_ai.")}
+    assert litellm == {"gen_ai.client.token.usage", "gen_ai.client.operation.duration",
+                       "gen_ai.server.time_to_first_token"}
+    for name in litellm:
+        assert name in sent, name
+        assert sent[name]["unit"] == known[name] and sent[name]["kind"] == "histogram", name
+        # the Splunk and O11y queries take rates of the _sum/_count counters: cumulative, as sent
+        assert sent[name]["temporality"] == "cumulative", name
+    text = json.dumps([load(f) for f in ("signoz/tokens-per-watt.json", "splunk-enterprise/tokens-per-watt.json",
+                                          "splunk-o11y/tokens-per-watt.json")])
+    for attribute in ("gen_ai.token.type", "gen_ai.request.model"):
+        assert attribute in text and attribute in sent["gen_ai.client.token.usage"]["point_attributes"]
+    # `cluster` on tokens is the gateway's: transform/genai_cluster sets it (tests/test_collector.py)
+    assert "cluster" not in sent["gen_ai.client.token.usage"]["point_attributes"]
