@@ -4,7 +4,7 @@ place, created only when it is not there. Standard library only.
 
     python3 dashboards/push.py signoz   [--dry-run]   # SIGNOZ_API_URL, SIGNOZ_API_KEY
     python3 dashboards/push.py splunk   [--dry-run]   # SPLUNK_REST_URL, SPLUNK_REST_TOKEN [, SPLUNK_APP, SPLUNK_OWNER]
-    python3 dashboards/push.py o11y     [--dry-run]   # O11Y_API_URL, O11Y_API_TOKEN [, PRICE_PER_KWH]
+    python3 dashboards/push.py o11y     [--dry-run]   # O11Y_API_URL, O11Y_API_TOKEN [, PRICE_PER_KWH, API_PRICE_PER_1M]
 
 Tokens come from the environment only (an API token, not an ingest token) and are never printed.
 --dry-run prints every request it would make and makes none. Exit codes: 0 pushed, 1 the backend
@@ -120,13 +120,27 @@ def push_splunk(api, definition):
     return f"created Splunk view {app}/{name}"
 
 
+def o11y_prices():
+    """O11y has no numeric dashboard input: the prices are written into each program."""
+    prices = {}
+    for env, line in (("PRICE_PER_KWH", "price_per_kwh = 0.30"), ("API_PRICE_PER_1M", "api_price_per_1m = 0.60")):
+        value = os.environ.get(env)
+        if value:
+            try:
+                prices[line] = f"{line.split(' = ')[0]} = {float(value)}"
+            except ValueError:
+                raise SystemExit(f"push: {env}={value!r} is not a number") from None
+    return prices
+
+
 def push_o11y(api, bundle):
-    price = os.environ.get("PRICE_PER_KWH")
+    prices = o11y_prices()
     placements, chart_ids = [], {}
     for chart in bundle["charts"]:
-        if price:
-            chart = dict(chart, programText=chart["programText"].replace("price_per_kwh = 0.30",
-                                                                       f"price_per_kwh = {float(price)}"))
+        program = chart["programText"]
+        for default, wanted in prices.items():
+            program = program.replace(default, wanted)
+        chart = dict(chart, programText=program)
         query = urllib.parse.urlencode({"name": chart["name"], "limit": 50})
         found = [c for c in ((api.call("GET", f"/v2/chart?{query}") or {}).get("results") or [])
                  if c.get("name") == chart["name"] and "tokens-per-watt" in (c.get("tags") or [])]

@@ -406,12 +406,16 @@ def test_push_splunk_creates_then_updates_the_view(api):
 
 
 def test_push_o11y_charts_then_dashboard_and_price(api):
-    first = push("o11y", api, PRICE_PER_KWH="0.42")
+    first = push("o11y", api, PRICE_PER_KWH="0.42", API_PRICE_PER_1M="2.5")
     assert first.returncode == 0, first.stderr
     charts = [k for k in api.store if k.startswith("chart")]
     assert len(charts) == len(load("splunk-o11y/tokens-per-watt.json")["charts"])
     cost = [v for k, v in api.store.items() if k.startswith("chart") and "cost_per_1k" in v["programText"]]
     assert cost and all("price_per_kwh = 0.42" in c["programText"] for c in cost)
+    api_ratio = [v for k, v in api.store.items() if k.startswith("chart") and "api_over_onprem" in v["programText"]]
+    assert len(api_ratio) == 2 and all("api_price_per_1m = 2.5" in c["programText"] for c in api_ratio)
+    assert push("o11y", api, API_PRICE_PER_1M="cheap").stderr.strip() == \
+        "push: API_PRICE_PER_1M='cheap' is not a number"
     dashboard = next(v for k, v in api.store.items() if k.startswith("dashboard"))
     assert {c["chartId"] for c in dashboard["charts"]} == set(charts)
     before = len(api.store)
