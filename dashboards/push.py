@@ -141,6 +141,8 @@ def push_o11y(api, bundle):
         for default, wanted in prices.items():
             program = program.replace(default, wanted)
         chart = dict(chart, programText=program)
+        # The API's own check of the SignalFlow program, before anything is created or changed.
+        api.call("POST", "/v2/chart/validate", body=chart)
         query = urllib.parse.urlencode({"name": chart["name"], "limit": 50})
         found = [c for c in ((api.call("GET", f"/v2/chart?{query}") or {}).get("results") or [])
                  if c.get("name") == chart["name"] and "tokens-per-watt" in (c.get("tags") or [])]

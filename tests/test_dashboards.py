@@ -4,6 +4,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -328,6 +329,11 @@ class FakeApi:
             key = form["name"][0] if "name" in form else name
             self.store[key] = form["eai:data"][0]
             return 201, {"entry": [{"name": key}]}
+        if route.path == "/v2/chart/validate":
+            program = json.loads(body)["programText"]
+            if "publish(" not in program:
+                return 400, {"code": 400, "message": "SignalFlow: program publishes nothing"}
+            return 204, {}
         if route.path in ("/v2/chart", "/v2/dashboard"):
             kind = route.path.rsplit("/", 1)[1]
             if method == "GET":
@@ -405,6 +411,19 @@ def test_push_splunk_creates_then_updates_the_view(api):
     assert all(a == {"authorization": "Bearer sp-secret"} for _m, _p, a, _b in api.requests)
 
 
+def test_push_o11y_stops_at_a_chart_the_api_refuses(api, tmp_path):
+    bundle = load("splunk-o11y/tokens-per-watt.json")
+    bundle["charts"][0]["programText"] = "data('gpu.energy')"  # publishes nothing
+    (tmp_path / "dashboards" / "splunk-o11y").mkdir(parents=True)
+    (tmp_path / "dashboards" / "splunk-o11y" / "tokens-per-watt.json").write_text(json.dumps(bundle))
+    shutil.copy(os.path.join(DASH, "push.py"), tmp_path / "dashboards" / "push.py")
+    environment = dict(os.environ, O11Y_API_URL=api.url, O11Y_API_TOKEN="o11y-secret")
+    result = subprocess.run([sys.executable, str(tmp_path / "dashboards" / "push.py"), "o11y"], env=environment,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "program publishes nothing" in result.stderr
+    assert not api.store  # nothing created
+
+
 def test_push_o11y_charts_then_dashboard_and_price(api):
     first = push("o11y", api, PRICE_PER_KWH="0.42", API_PRICE_PER_1M="2.5")
     assert first.returncode == 0, first.stderr
@@ -414,6 +433,8 @@ def test_push_o11y_charts_then_dashboard_and_price(api):
     assert cost and all("price_per_kwh = 0.42" in c["programText"] for c in cost)
     api_ratio = [v for k, v in api.store.items() if k.startswith("chart") and "api_over_onprem" in v["programText"]]
     assert len(api_ratio) == 2 and all("api_price_per_1m = 2.5" in c["programText"] for c in api_ratio)
+    validated = [b for m, p, _a, b in api.requests if p == "/v2/chart/validate"]
+    assert len(validated) == len(charts)  # every chart checked by the API before it is created
     assert push("o11y", api, API_PRICE_PER_1M="cheap").stderr.strip() == \
         "push: API_PRICE_PER_1M='cheap' is not a number"
     dashboard = next(v for k, v in api.store.items() if k.startswith("dashboard"))
