@@ -510,3 +510,58 @@ def test_every_litellm_metric_and_attribute_a_dashboard_uses_is_what_litellm_sen
         assert attribute in text and attribute in sent["gen_ai.client.token.usage"]["point_attributes"]
     # `cluster` on tokens is the gateway's: transform/genai_cluster sets it (tests/test_collector.py)
     assert "cluster" not in sent["gen_ai.client.token.usage"]["point_attributes"]
+
+
+# ---- held to the facts of the review (../shared/reference/audit-dashboards.md) where a backend cannot run here
+
+def signoz_builder_queries():
+    for widget in load("signoz/tokens-per-watt.json")["widgets"]:
+        for q in widget["query"]["builder"]["queryData"]:
+            yield widget, q
+
+
+def test_signoz_builder_leaves_temporality_to_signoz_and_takes_percentiles_from_buckets():
+    percentiles = 0
+    for widget, q in signoz_builder_queries():
+        for a in q["aggregations"]:
+            assert a["temporality"] == "", (widget["title"], a)  # pinned, it filters out the other kind
+            assert a["timeAggregation"] in ("", "latest", "sum", "avg", "min", "max", "count", "count_distinct",
+                                            "rate", "increase"), (widget["title"], a)
+            if a["spaceAggregation"] in ("p50", "p90", "p95", "p99"):
+                percentiles += 1
+                assert a["metricName"].endswith(".bucket") and a["timeAggregation"] == "", (widget["title"], a)
+    assert percentiles == 3  # latency p50, p95; TTFT p95
+
+
+def splunk_queries():
+    return {ds["name"]: ds["options"]["query"]
+            for ds in load("splunk-enterprise/tokens-per-watt.json")["dataSources"].values()}
+
+
+def test_splunk_counts_cumulative_counters_per_series():
+    for title, spl in splunk_queries().items():
+        # never an aggregate of running totals: rate_sum per series
+        assert not re.search(r'\b(?:sum|avg|max|latest)\("gen_ai[^"]*_(?:sum|count|bucket)"', spl), title
+        assert "streamstats" not in spl, title  # HEC buckets are cumulative in le already
+        assert not re.search(r'\b(?:sum|avg|earliest|latest)\("[a-z.]*energy', spl), title  # energy: rate_sum only
+        assert '"gen_ai.token.type"' not in spl and '"rapl.zone"=' not in spl, title  # dotted names unquoted
+        if "host.energy.cpu" in spl or "host.power.cpu" in spl:
+            assert 'NOT rapl.zone="*/*" NOT rapl.zone="psys"' in spl, title
+    power = splunk_queries()["Power per host (W)"]
+    assert "BY host gpu.uuid" in power and "stats sum(w) AS w BY _time host" in power  # GPUs summed
+
+
+def o11y_programs():
+    return {c["name"]: c["programText"] for c in load("splunk-o11y/tokens-per-watt.json")["charts"]}
+
+
+def test_o11y_token_streams_are_the_clusters_and_means_are_windowed():
+    for name, program in o11y_programs().items():
+        assert "rollup='sum'" not in program, name  # a lifetime mean on cumulative counters
+        assert "(T == 0)" not in program, name
+        if name.startswith(("mac-exo:", "nvidia:")) and "gen_ai.client.token.usage_sum" in program:
+            cluster = name.split(":")[0]
+            assert f"filter('cluster', '{cluster}')" in program.split("gen_ai.client.token.usage_sum")[1], name
+        if "host.energy.cpu" in program:
+            assert "filter('rapl.zone', 'package-*')" in program, name
+    assert "T.below(0, inclusive=True)" in o11y_programs()["Idle power (W, while no tokens are generated)"]
