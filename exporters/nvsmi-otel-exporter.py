@@ -575,6 +575,7 @@ class Stats:
         self.points_sent = 0
         self.samples_resent = 0
         self.points_resent = 0
+        self.dropped_unanswered = 0
         self.points_dropped = {reason: 0 for reason in DROP_REASONS}
         self.source_restarts = 0
         self.lines_skipped = 0
@@ -584,6 +585,8 @@ class Stats:
         with self.lock:
             self.samples_dropped[reason] = self.samples_dropped.get(reason, 0) + len(samples)
             self.points_dropped[reason] = self.points_dropped.get(reason, 0) + sum(len(s.points) for s in samples)
+            # given up on, but a request that carried them went out and got no answer: they may be there
+            self.dropped_unanswered += sum(s.unanswered for s in samples)
 
     def delivered(self, samples):
         resent = [s for s in samples if s.unanswered]
@@ -619,6 +622,8 @@ class Stats:
         with self.lock:
             dropped = sum(self.samples_dropped.values())
             detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.samples_dropped.items()) if v) or "none"
+            if self.dropped_unanswered:
+                detail += f"; possibly delivered {self.dropped_unanswered}"
             return (f"samples read {self.samples_read}, delivered {self.samples_delivered} "
                     f"(resent {self.samples_resent}), dropped {dropped} ({detail}), "
                     f"lines skipped {self.lines_skipped}, "

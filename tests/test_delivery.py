@@ -393,10 +393,12 @@ def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
           f"RSS KiB first/median/last {rss[0]}/{sorted(rss)[len(rss) // 2]}/{rss[-1]} over {len(rss)} readings")
     assert read >= 10000
     assert read == delivered + dropped
-    # At least once: every delivered sample arrived, and a sample arrived twice only where the
-    # exporter sent it again after an answer that never came (it counts those).
-    assert len(set(times)) == delivered
-    assert len(times) - len(set(times)) <= resent(exporter.stderr)
+    # At least once: every delivered sample arrived; beyond those only copies of requests whose
+    # answer never came, which the exporter counts: resent (then delivered) and possibly
+    # delivered (then given up on, e.g. pushed out of a full buffer).
+    maybe = int((re.search(r"possibly delivered (\d+)", exporter.stderr) or [0, 0])[1])
+    assert delivered <= len(set(times)) <= delivered + maybe
+    assert len(times) <= delivered + resent(exporter.stderr) + maybe
     quarter = max(1, len(rss) // 4)
     assert max(rss[-quarter:]) <= max(rss[:quarter]) * 1.25 + 4096, rss
 
