@@ -252,13 +252,89 @@ def percentile(name, histogram, quantile, filters="", group_by=()):
     return builder(name, f"{histogram}.bucket", "", quantile, filters, group_by)
 
 
+# Prometheus (the gateway's `prometheus` exporter) and Grafana: OTLP names as the collector's
+# Prometheus translator writes them with suffixes on: dots to underscores, the unit's word appended
+# (W watts, J joules, s seconds; {annotations} dropped), `total` moved to the end of a monotonic
+# counter (mac.energy.total -> mac_energy_joules_total), `_ratio` on unit-1 gauges; labels
+# likewise (host.name -> host_name). Histograms get _bucket, _sum and _count.
+PROM_UNITS = {"W": "watts", "J": "joules", "s": "seconds", "By": "bytes", "Cel": "celsius", "Hz": "hertz", "1": ""}
+PROM_METRICS = {  # the OTLP metrics the Grafana dashboard reads: (unit, kind)
+    "mac.power.system": ("W", "gauge"), "mac.power.cpu": ("W", "gauge"), "mac.power.gpu": ("W", "gauge"),
+    "mac.power.ane": ("W", "gauge"), "mac.power.ram": ("W", "gauge"), "gpu.power.board": ("W", "gauge"),
+    "host.power.cpu": ("W", "gauge"), "mac.gpu.usage": ("1", "gauge"), "gpu.utilization.gpu": ("1", "gauge"),
+    "mac.energy.total": ("J", "counter"), "mac.energy.system": ("J", "counter"), "gpu.energy": ("J", "counter"),
+    "host.energy.cpu": ("J", "counter"), "exporter.buffer.samples": ("{sample}", "gauge"),
+    "exporter.datapoints.dropped": ("{datapoint}", "counter"), "exporter.source.restarts": ("{restart}", "counter"),
+    "exporter.samples.read": ("{sample}", "counter"), TOKENS: ("{token}", "histogram"),
+    "gen_ai.client.operation.duration": ("s", "histogram"), "gen_ai.server.time_to_first_token": ("s", "histogram"),
+    "llamacpp.tokens_predicted_total": ("", "counter"),
+}
+
+
+def prom_name(metric):
+    unit, kind = PROM_METRICS[metric]
+    tokens = [t for t in metric.replace("_", ".").split(".") if t]
+    word = PROM_UNITS.get(unit, "" if unit.startswith("{") or not unit else unit)
+    if word and word not in tokens:
+        tokens.append(word)
+    if kind == "counter":
+        tokens = [t for t in tokens if t != "total"] + ["total"]
+    if unit == "1" and kind == "gauge":
+        tokens = [t for t in tokens if t != "ratio"] + ["ratio"]
+    return "_".join(tokens)
+
+
+def prom_label(attribute):
+    return attribute.replace(".", "_")
+
+
+PROM_RAPL_PACKAGES = 'rapl_zone!~".*/.*|psys"'
+
+
+def prom_energy(metrics, cluster):
+    """Joules over the dashboard's range: increase() of each counter series (resets handled), summed."""
+    parts = []
+    for m in metrics:
+        rapl = f",{PROM_RAPL_PACKAGES}" if m.startswith("host.") else ""
+        parts.append(f'sum(increase({prom_name(m)}{{cluster="{cluster}"{rapl}}}[$__range]))')
+    return " + ".join(parts)
+
+
+def prom_tokens(cluster, window="$__range"):
+    return (f'sum(increase({prom_name(TOKENS)}_sum{{cluster="{cluster}",gen_ai_token_type="output"}}'
+            f"[{window}]))")
+
+
+def prom_formula(formula):
+    return FORMULAS[formula].replace("price_per_kwh", "$price_per_kwh").replace("api_price_per_1m", "$api_price_per_1m")
+
+
+PROM_HOST_FILTER = 'cluster=~"${cluster:regex}",host_name=~"${host:regex}"'
+PROM_TOKEN_RATE = f'sum(rate({prom_name(TOKENS)}_sum{{gen_ai_token_type="output"}}[5m]))'
+
+
+def prom_quantile(histogram, q):
+    return (f'histogram_quantile({q}, sum by (le, gen_ai_request_model) (rate({prom_name(histogram)}_bucket'
+            f'{{gen_ai_request_model=~"${{model:regex}}"}}[$__rate_interval])))',
+            f"p{int(q * 100)} {{{{gen_ai_request_model}}}}")
+
+
+def prom_efficiency(boundary, cluster, formula):
+    """PromQL over the dashboard's range. A division by an empty or zero token count gives no value."""
+    _label, metrics = BOUNDARIES[boundary]
+    expr = (prom_formula(formula).replace("tokens", f"({prom_tokens(cluster)} > 0)")
+            .replace("joules", f"(({prom_energy(metrics, cluster)}) > 0)"))
+    return [(expr, formula)]
+
+
 # ---------------------------------------------------------------- the layout, once
 
-def panel(row, width, id, title, description, kind, unit, signoz, spl, flow):
+def panel(row, width, id, title, description, kind, unit, signoz, spl, flow, prom):
     """One panel: its row (a section; wide rows wrap), width of 12 columns, words, kind (value,
-    graph or table), unit, and its query in each backend (signoz: {"sql": ...} or {"builder": [...]})."""
+    graph or table), unit, and its query in each backend (signoz: {"sql": ...} or {"builder": [...]};
+    prom: [(PromQL, legend)] for Grafana)."""
     return dict(row=row, width=width, id=id, title=title, description=description, kind=kind, unit=unit,
-                signoz=signoz, spl=spl, flow=flow)
+                signoz=signoz, spl=spl, flow=flow, prom=prom)
 
 
 def efficiency_panel(row, width, cluster, prefix, boundary, formula, title, description, unit="none"):
@@ -266,7 +342,8 @@ def efficiency_panel(row, width, cluster, prefix, boundary, formula, title, desc
     return panel(row=row, width=width, id=f"{prefix}_{formula}_{boundary}", title=f"{cluster}: {title} [{label}]",
                  description=f"{description}; boundary: {label}; empty while no tokens flow", kind="value",
                  unit=unit, signoz={"sql": ch_efficiency(boundary, cluster, formula)},
-                 spl=spl_efficiency(boundary, cluster, formula), flow=flow_efficiency(boundary, cluster, formula))
+                 spl=spl_efficiency(boundary, cluster, formula), flow=flow_efficiency(boundary, cluster, formula),
+                 prom=prom_efficiency(boundary, cluster, formula))
 
 
 CLUSTERS = (  # cluster, id prefix, power metric, GPU metric, what tells GPUs apart, how that reads
@@ -289,7 +366,9 @@ def headline_panels():
                 spl=f'| mstats count("{metric}") WHERE index={INDEX} cluster="{cluster}" earliest=-10m BY {spl_key} '
                     f"| stats dc({spl_key}) AS value",
                 flow=f"data('{metric}', filter=filter('cluster', '{cluster}')).count(by=['{key}'])"
-                     f".count().publish(label='{label}')"))
+                     f".count().publish(label='{label}')",
+                prom=[(f'count(count by ({prom_label(key)}) (last_over_time({prom_name(metric)}'
+                       f'{{cluster="{cluster}"}}[10m])))', label)]))
         watts_label = "whole Macs (mac.power.system)" if cluster == "mac-exo" else "GPU boards (gpu.power.board)"
         out.append(panel(
             row=1, width=2, id=f"{prefix}_watts", title=f"{cluster}: watts now", description=watts_label,
@@ -297,7 +376,8 @@ def headline_panels():
             signoz={"builder": [builder("A", power, "avg", "sum", f"cluster = '{cluster}'")]},
             spl=f'| mstats avg("{power}") AS w WHERE index={INDEX} cluster="{cluster}" earliest=-2m '
                 f'BY {SPL_DIMENSIONS.get(power, "host")} | stats sum(w) AS value',
-            flow=f"data('{power}', filter=filter('cluster', '{cluster}')).mean(over='1m').sum().publish(label='W')"))
+            flow=f"data('{power}', filter=filter('cluster', '{cluster}')).mean(over='1m').sum().publish(label='W')",
+            prom=[(f'sum(avg_over_time({prom_name(power)}{{cluster="{cluster}"}}[2m]))', "W")]))
         out.append(panel(
             row=1, width=2, id=f"{prefix}_tps", title=f"{cluster}: output tokens/s now",
             description="LiteLLM output tokens of the models this cluster serves (cluster from TPW_MODEL_CLUSTERS)",
@@ -305,7 +385,9 @@ def headline_panels():
             signoz={"builder": [builder("A", f"{TOKENS}.sum", "rate", "sum",
                                         f"gen_ai.token.type = 'output' AND cluster = '{cluster}'")]},
             spl=f"{spl_token_rate(cluster)} earliest=-5m | eval value=tps",
-            flow=f"{flow_tokens(cluster)}.publish(label='tokens/s')"))
+            flow=f"{flow_tokens(cluster)}.publish(label='tokens/s')",
+            prom=[(f'sum(rate({prom_name(TOKENS)}_sum{{cluster="{cluster}",gen_ai_token_type="output"}}[5m]))',
+                   "tokens/s")]))
         chip, node = CLUSTER_BOUNDARIES[cluster]
         for boundary in (chip, node):
             out.append(efficiency_panel(1, 2, cluster, prefix, boundary, "tokens_per_joule", "tokens per joule",
@@ -339,7 +421,9 @@ def host_panels():
                   f"host=$host$ span=1m BY host gpu.uuid] | stats sum(w) AS w BY _time host "
                   f"| timechart span=1m sum(w) BY host",
               flow="data('mac.power.system').sum(by=['host.name']).publish(label='Mac W')\n"
-                   "data('gpu.power.board').sum(by=['host.name']).publish(label='GPU W')"),
+                   "data('gpu.power.board').sum(by=['host.name']).publish(label='GPU W')",
+              prom=[(f"sum by (host_name) ({prom_name(m)}{{{PROM_HOST_FILTER}}})", "{{host_name}}")
+                    for m in ("mac.power.system", "gpu.power.board")]),
         panel(row=3, width=6, id="host_load", title="GPU load per host (0-1)",
               description="mac.gpu.usage and gpu.utilization.gpu", kind="graph", unit="percentunit",
               signoz={"builder": [builder("A", "mac.gpu.usage", "avg", "avg",
@@ -349,7 +433,10 @@ def host_panels():
               spl=f"| mstats avg(\"mac.gpu.usage\") AS mac avg(\"gpu.utilization.gpu\") AS gpu WHERE index={INDEX} "
                   f"cluster=$cluster$ host=$host$ span=1m BY host | timechart span=1m avg(mac) avg(gpu) BY host",
               flow="data('mac.gpu.usage').mean(by=['host.name']).publish(label='Mac GPU')\n"
-                   "data('gpu.utilization.gpu').mean(by=['host.name', 'gpu.index']).publish(label='NVIDIA GPU')"),
+                   "data('gpu.utilization.gpu').mean(by=['host.name', 'gpu.index']).publish(label='NVIDIA GPU')",
+              prom=[(f"avg by (host_name) (mac_gpu_usage_ratio{{{PROM_HOST_FILTER}}})", "{{host_name}}"),
+                    (f"avg by (host_name, gpu_index) (gpu_utilization_gpu_ratio{{{PROM_HOST_FILTER}}})",
+                     "{{host_name}} GPU {{gpu_index}}")]),
     ]
 
 
@@ -366,7 +453,8 @@ def llm_panels():
               spl=spl_percentiles(duration),
               flow=f"(data('{duration}_sum', rollup='rate').sum(by=['gen_ai.request.model']) / "
                    f"data('{duration}_count', rollup='rate').sum(by=['gen_ai.request.model']))"
-                   ".publish(label='mean')"),
+                   ".publish(label='mean')",
+              prom=[prom_quantile(duration, q) for q in (0.5, 0.95)]),
         panel(row=4, width=4, id="ttft", title="Time to first token per model (p95)",
               description=f"LiteLLM {ttft} (1.96+), streaming requests only", kind="graph", unit="s",
               signoz={"builder": [percentile("A", ttft, "p95", models, by_model)]},
@@ -374,7 +462,8 @@ def llm_panels():
                   .replace("min(p50) AS p50 ", ""),
               flow=f"(data('{ttft}_sum', rollup='rate').sum(by=['gen_ai.request.model']) / "
                    f"data('{ttft}_count', rollup='rate').sum(by=['gen_ai.request.model']))"
-                   ".publish(label='mean TTFT')"),
+                   ".publish(label='mean TTFT')",
+              prom=[prom_quantile(ttft, 0.95)]),
         panel(row=4, width=4, id="out_tps", title="Output tokens/s per cluster",
               description="LiteLLM output tokens by the cluster that served them; llama.cpp tokens_predicted",
               kind="graph", unit="none",
@@ -386,7 +475,11 @@ def llm_panels():
               flow=f"data('{TOKENS}_sum', filter=filter('gen_ai.token.type', 'output'), rollup='rate')"
                    ".sum(by=['cluster']).publish(label='LiteLLM tokens/s')\n"
                    "data('llamacpp.tokens_predicted_total', rollup='rate').sum(by=['model'])"
-                   ".publish(label='llama.cpp tokens/s')"),
+                   ".publish(label='llama.cpp tokens/s')",
+              prom=[(f'sum by (cluster) (rate({prom_name(TOKENS)}_sum{{gen_ai_token_type="output"}}'
+                     f"[$__rate_interval]))", "{{cluster}}"),
+                    ("sum by (model) (rate(llamacpp_tokens_predicted_total[$__rate_interval]))",
+                     "llama.cpp {{model}}")]),
     ]
 
 
@@ -400,7 +493,9 @@ def cost_over_time_panels():
             description=f"per 5-minute window; boundary: {label}; windows without tokens are empty, not infinite",
             kind="graph", unit="none", signoz={"sql": ch_efficiency_over_time(boundary, cluster, "cost_per_1k_tokens")},
             spl=spl_efficiency_over_time(boundary, cluster, "cost_per_1k_tokens"),
-            flow=flow_efficiency(boundary, cluster, "cost_per_1k_tokens")))
+            flow=flow_efficiency(boundary, cluster, "cost_per_1k_tokens"),
+            prom=[(expr.replace("[$__range]", "[5m]"), legend)
+                  for expr, legend in prom_efficiency(boundary, cluster, "cost_per_1k_tokens")]))
     return out
 
 
@@ -415,7 +510,9 @@ def power_panels():
                   f'avg("mac.power.ram") AS ram avg("mac.power.system") AS system WHERE index={INDEX} host=$host$ '
                   f"span=1m BY host | timechart span=1m sum(cpu) sum(gpu) sum(ane) sum(ram) sum(system)",
               flow="\n".join(f"data('mac.power.{d}').sum().publish(label='{d}')"
-                             for d in ("cpu", "gpu", "ane", "ram", "system"))),
+                             for d in ("cpu", "gpu", "ane", "ram", "system")),
+              prom=[(f"sum(mac_power_{d}_watts{{{PROM_HOST_FILTER}}})", d)
+                    for d in ("cpu", "gpu", "ane", "ram", "system")]),
         panel(row=6, width=4, id="nv_domains", title="NVIDIA power by domain (W)",
               description="gpu.power.board summed over the GPUs; host.power.cpu over the RAPL packages",
               kind="graph", unit="watt",
@@ -426,7 +523,9 @@ def power_panels():
                   f'| append [| mstats avg("host.power.cpu") AS cpu WHERE index={INDEX} host=$host$ '
                   f"{SPL_RAPL_PACKAGES} span=1m BY host rapl.zone] | timechart span=1m sum(gpu) sum(cpu)",
               flow="data('gpu.power.board').sum().publish(label='GPU boards')\n"
-                   "data('host.power.cpu', filter=filter('rapl.zone', 'package-*')).sum().publish(label='CPU (RAPL)')"),
+                   "data('host.power.cpu', filter=filter('rapl.zone', 'package-*')).sum().publish(label='CPU (RAPL)')",
+              prom=[(f"sum(gpu_power_board_watts{{{PROM_HOST_FILTER}}})", "GPU boards"),
+                    (f"sum(host_power_cpu_watts{{{PROM_HOST_FILTER},{PROM_RAPL_PACKAGES}}})", "CPU (RAPL)")]),
         panel(row=6, width=4, id="idle_power", title="Idle power (W, while no tokens are generated)",
               description="power when the output token rate is 0: the floor a quiet hour costs", kind="graph",
               unit="watt",
@@ -440,7 +539,9 @@ def power_panels():
               flow=f"T = {tokens_now}\n"
                    "idle = T.below(0, inclusive=True) * 0 + 1\n"
                    "(data('mac.power.system').sum() * idle).publish(label='Mac idle W')\n"
-                   "(data('gpu.power.board').sum() * idle).publish(label='GPU idle W')"),
+                   "(data('gpu.power.board').sum() * idle).publish(label='GPU idle W')",
+              prom=[(f'sum({prom_name(m)}{{cluster="{c}"}}) and on() ({PROM_TOKEN_RATE} == 0)', f"{c} idle W")
+                    for m, c in (("mac.power.system", "mac-exo"), ("gpu.power.board", "nvidia"))]),
         panel(row=7, width=12, id="energy", title="Energy per hour by boundary (J)",
               description="increase of each energy counter per hour (RAPL: packages)", kind="graph", unit="J",
               signoz={"builder": [builder(q, m, "increase", "sum", "host.name IN $host" + ch_rapl_filter(m),
@@ -448,7 +549,10 @@ def power_panels():
               spl=" | append [".join(spl_energy_per_hour(m) for m in ENERGY_COUNTERS) + "]" * 3
                   + " | timechart span=1h sum(joules) BY boundary",
               flow="\n".join(f"data('{m}', {flow_rapl_filter(m)}rollup='delta').sum().sum(over='1h')"
-                             f".publish(label='{m}')" for m in ENERGY_COUNTERS)),
+                             f".publish(label='{m}')" for m in ENERGY_COUNTERS),
+              prom=[(f"sum by (cluster) (increase({prom_name(m)}{{{PROM_HOST_FILTER}"
+                     f"{',' + PROM_RAPL_PACKAGES if m.startswith('host.') else ''}}}[1h]))", f"{m} {{{{cluster}}}}")
+                    for m in ENERGY_COUNTERS]),
     ]
 
 
@@ -476,7 +580,8 @@ def health_panels():
               signoz={"builder": [builder("A", "exporter.buffer.samples", "max", "max", "", ("host.name",))]},
               spl=f'| mstats max("exporter.buffer.samples") AS b WHERE index={INDEX} span=1m BY host '
                   f"| timechart span=1m max(b) BY host",
-              flow="data('exporter.buffer.samples').max(by=['host.name']).publish(label='buffered')"),
+              flow="data('exporter.buffer.samples').max(by=['host.name']).publish(label='buffered')",
+              prom=[("max by (host_name) (exporter_buffer_samples)", "{{host_name}}")]),
         panel(row=8, width=3, id="drops", title="Data points dropped per second (by reason)",
               description="exporter.datapoints.dropped", kind="graph", unit="none",
               signoz={"builder": [builder("A", "exporter.datapoints.dropped", "rate", "sum", "",
@@ -484,19 +589,23 @@ def health_panels():
               spl=f'| mstats rate_sum("exporter.datapoints.dropped") AS d WHERE index={INDEX} span=5m BY host reason '
                   f"| timechart span=5m sum(d) BY reason",
               flow="data('exporter.datapoints.dropped', rollup='rate').sum(by=['host.name', 'reason'])"
-                   ".publish(label='dropped/s')"),
+                   ".publish(label='dropped/s')",
+              prom=[("sum by (host_name, reason) (rate(exporter_datapoints_dropped_total[$__rate_interval]))",
+                     "{{host_name}} {{reason}}")]),
         panel(row=8, width=3, id="restarts", title="Source restarts (macmon / nvidia-smi)",
               description="exporter.source.restarts, increase per window", kind="graph", unit="none",
               signoz={"builder": [builder("A", "exporter.source.restarts", "increase", "sum", "", ("host.name",))]},
               spl=f'| mstats rate_sum("exporter.source.restarts") AS r WHERE index={INDEX} span=5m BY host '
                   f"| eval r=r*300 | timechart span=5m sum(r) BY host",
-              flow="data('exporter.source.restarts', rollup='delta').sum(by=['host.name']).publish(label='restarts')"),
+              flow="data('exporter.source.restarts', rollup='delta').sum(by=['host.name']).publish(label='restarts')",
+              prom=[("sum by (host_name) (increase(exporter_source_restarts_total[5m]))", "{{host_name}}")]),
         panel(row=8, width=3, id="sample_age", title="Last sample age (s)",
               description="seconds from each host's last exporter.samples.read point to the end of the window",
               kind="table", unit="s", signoz={"sql": ch_sample_age()},
               spl=f'| mstats latest_time("exporter.samples.read") AS t WHERE index={INDEX} earliest=-24h BY host '
                   f"| eval value=now()-t | table host value",
-              flow="data('exporter.samples.read').count(by=['host.name']).publish(label='reporting')"),
+              flow="data('exporter.samples.read').count(by=['host.name']).publish(label='reporting')",
+              prom=[("max by (host_name) (time() - timestamp(exporter_samples_read_total))", "{{host_name}}")]),
     ]
 
 
@@ -614,10 +723,52 @@ def build_o11y(layout):
     return {"charts": charts, "dashboard": dashboard}
 
 
+# ---------------------------------------------------------------- Grafana (Prometheus datasource)
+
+GRAFANA_UNITS = {"watt": "watt", "J": "joule", "s": "s", "percentunit": "percentunit", "none": "none"}
+GRAFANA_PANEL = {"value": "stat", "graph": "timeseries", "table": "table"}
+
+
+def grafana_variable(name, kind, default, what):
+    if kind == "text":
+        return {"name": name, "label": name, "description": what, "type": "textbox", "query": default,
+                "current": {"text": default, "value": default}, "hide": 0}
+    label = prom_label(default)
+    return {"name": name, "label": name, "description": what, "type": "query",
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "definition": f"label_values({label})", "query": {"query": f"label_values({label})", "refId": name},
+            "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+            "current": {"text": ["All"], "value": ["$__all"]}, "sort": 1, "hide": 0}
+
+
+def build_grafana(layout):
+    panels = []
+    for number, p in enumerate(layout, 1):
+        value = p["kind"] == "value"
+        targets = [{"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend, "instant": value or
+                    p["kind"] == "table", "range": not value, "datasource": {"type": "prometheus",
+                                                                             "uid": "${datasource}"}}
+                   for i, (expr, legend) in enumerate(p["prom"])]
+        panels.append({"id": number, "type": GRAFANA_PANEL[p["kind"]], "title": p["title"],
+                       "description": p["description"], "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                       "gridPos": {"x": p["x"] * 2, "y": p["line"] * 8, "w": p["width"] * 2, "h": 8},
+                       "fieldConfig": {"defaults": {"unit": GRAFANA_UNITS[p["unit"]]}, "overrides": []},
+                       "options": {"reduceOptions": {"calcs": ["lastNotNull"]}} if value else {},
+                       "targets": targets})
+    variables = [{"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+                  "current": {}, "hide": 0}]
+    variables += [grafana_variable(*v) for v in VARIABLES]
+    return {"uid": "tokens-per-watt", "title": TITLE, "description": "Same layout as the SigNoz and Splunk dashboards, "
+            "over the gateway's Prometheus endpoint.", "tags": ["tokens-per-watt", "llm", "power"],
+            "schemaVersion": 39, "version": 1, "editable": True, "time": {"from": "now-6h", "to": "now"},
+            "refresh": "1m", "timezone": "", "templating": {"list": variables}, "panels": panels}
+
+
 OUTPUTS = {
     "signoz/tokens-per-watt.json": build_signoz,
     "splunk-enterprise/tokens-per-watt.json": build_splunk,
     "splunk-o11y/tokens-per-watt.json": build_o11y,
+    "grafana/tokens-per-watt.json": build_grafana,
 }
 
 

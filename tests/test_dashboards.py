@@ -75,7 +75,8 @@ def test_same_layout_everywhere():
     signoz = [w["title"] for w in load("signoz/tokens-per-watt.json")["widgets"]]
     splunk = [v["title"] for v in load("splunk-enterprise/tokens-per-watt.json")["visualizations"].values()]
     o11y = [c["name"] for c in load("splunk-o11y/tokens-per-watt.json")["charts"]]
-    assert signoz == splunk == o11y
+    grafana = [p["title"] for p in load("grafana/tokens-per-watt.json")["panels"]]
+    assert signoz == splunk == o11y == grafana
     for needle in ("hosts reporting", "GPUs reporting", "watts now", "output tokens/s now", "tokens per joule",
                    "$ per 1k tokens", "Power per host", "Request latency", "Time to first token", "Idle power",
                    "Exporter buffer", "Data points dropped", "Source restarts", "Last sample age"):
@@ -476,13 +477,15 @@ def rectangles():
               for s in load("splunk-enterprise/tokens-per-watt.json")["layout"]["structure"]]
     o11y = [(c["column"], c["row"], c["width"], c["height"])
             for c in load("splunk-o11y/tokens-per-watt.json")["dashboard"]["charts"]]
-    return {"signoz": signoz, "splunk": splunk, "o11y": o11y}
+    grafana = [tuple(p["gridPos"][k] for k in ("x", "y", "w", "h"))
+               for p in load("grafana/tokens-per-watt.json")["panels"]]
+    return {"signoz": signoz, "splunk": splunk, "o11y": o11y, "grafana": grafana}
 
 
-@pytest.mark.parametrize("backend", ["signoz", "splunk", "o11y"])
+@pytest.mark.parametrize("backend", ["signoz", "splunk", "o11y", "grafana"])
 def test_no_two_panels_overlap(backend):
     placed = rectangles()[backend]
-    width = {"signoz": 12, "splunk": 1440, "o11y": 12}[backend]
+    width = {"signoz": 12, "splunk": 1440, "o11y": 12, "grafana": 24}[backend]
     for i, (x, y, w, h) in enumerate(placed):
         assert 0 <= x and x + w <= width, (backend, i)
         for j, (x2, y2, w2, h2) in enumerate(placed[:i]):
