@@ -16,7 +16,6 @@ So over any window: tokens per joule 1.5 (Mac SoC), 0.75 (Mac node), 1.3 (GPU bo
 import http.server
 import json
 import os
-import re
 import threading
 import time
 
