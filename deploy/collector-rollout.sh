@@ -10,7 +10,8 @@
 # accepted metric points rising), and roll back to the previous config when any step fails.
 # A re-run with nothing changed and a healthy collector changes nothing.
 #
-# Settings (environment, else the gateway's env file): TPW_BACKENDS (signoz | signoz+splunk | all),
+# Settings (environment, else the gateway's env file): TPW_BACKENDS (signoz, splunk, o11y, prometheus
+#   joined by '+', or all),
 #   TPW_MODEL_CLUSTERS (which cluster serves which model: see render_models), DRY_RUN=1,
 #   TPW_HEALTH_URL (default http://127.0.0.1:13133/), TPW_METRICS_URL (default
 #   http://127.0.0.1:8888/metrics), TPW_HEALTH_WAIT (s, default 30), TPW_REQUIRE_TRAFFIC (1: accepted
@@ -40,13 +41,64 @@ fetch() {  # print a URL's body; fail on anything but 2xx
   else python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; fi
 }
 
-config_files() {  # the files of a backend profile, relative to otelcol/ (models.yaml is rendered)
-  case "$1" in
-    signoz) echo "gateway.yaml models.yaml pipelines/signoz.yaml" ;;
-    signoz+splunk) echo "gateway.yaml backends/splunk.yaml models.yaml pipelines/signoz+splunk.yaml" ;;
-    all) echo "gateway.yaml backends/splunk.yaml backends/o11y.yaml models.yaml pipelines/all.yaml" ;;
-    *) err "TPW_BACKENDS='$1': use signoz, signoz+splunk or all" ;;
-  esac
+# TPW_BACKENDS: backends joined by '+' (signoz, splunk, o11y, prometheus), e.g. signoz+prometheus;
+# `all` is signoz+splunk+o11y. Prints them one a line, in a fixed order, or stops with the fix.
+backend_list() {
+  local want="${1:-signoz}" b found=""
+  [ "$want" = all ] && want="signoz+splunk+o11y"
+  for b in ${want//+/ }; do
+    case "$b" in
+      signoz|splunk|o11y|prometheus) found="$found $b" ;;
+      *) err "TPW_BACKENDS='$1': '$b' is not a backend; join signoz, splunk, o11y and prometheus with '+' (or use all)" ;;
+    esac
+  done
+  for b in signoz splunk o11y prometheus; do
+    case " $found " in *" $b "*) echo "$b" ;; esac
+  done
+}
+
+config_files() {  # the --config files for TPW_BACKENDS, relative to otelcol/ (the last two are rendered)
+  local b
+  backend_list "$1" >/dev/null  # here, not in a subshell: a wrong name stops the rollout
+  printf 'gateway.yaml'
+  for b in $(backend_list "$1"); do printf ' backends/%s.yaml' "$b"; done
+  echo " models.yaml pipelines.yaml"
+}
+
+# The pipelines of the chosen backends. Prometheus takes metrics only; a signal no chosen backend
+# takes gets no pipeline (a pipeline without exporters is an invalid config).
+render_pipelines() {
+  local b metrics="" traces="" logs=""
+  backend_list "$1" >/dev/null
+  for b in $(backend_list "$1"); do
+    case "$b" in
+      signoz) metrics="$metrics otlp/signoz"; traces="$traces otlp/signoz"; logs="$logs otlp/signoz" ;;
+      splunk) metrics="$metrics splunk_hec/metrics"; traces="$traces splunk_hec/events"; logs="$logs splunk_hec/events" ;;
+      o11y) metrics="$metrics signalfx"; traces="$traces otlphttp/o11y_traces signalfx" ;;
+      prometheus) metrics="$metrics prometheus" ;;
+    esac
+  done
+  echo "# Rendered by make collector from TPW_BACKENDS=$1"
+  echo "service:"
+  echo "  pipelines:"
+  echo "    metrics:"
+  echo "      receivers: [otlp, prometheus/llamacpp]"
+  echo "      processors: [memory_limiter, attributes/genai_cardinality, transform/genai_cluster, transform/llamacpp_names, batch]"
+  echo "      exporters: [$(yaml_list "$metrics")]"
+  if [ -n "$traces" ]; then
+    printf '    traces:\n      receivers: [otlp]\n      processors: [memory_limiter, batch]\n'
+    echo "      exporters: [$(yaml_list "$traces")]"
+  fi
+  if [ -n "$logs" ]; then
+    printf '    logs:\n      receivers: [otlp]\n      processors: [memory_limiter, batch]\n'
+    echo "      exporters: [$(yaml_list "$logs")]"
+  fi
+}
+
+yaml_list() {  # " a b" -> "a, b"
+  local item out=""
+  for item in $1; do out="$out, $item"; done
+  echo "${out#, }"
 }
 
 # LiteLLM's token and latency metrics name the model (gen_ai.request.model, the upstream model id
@@ -146,6 +198,7 @@ ensure_env_file() {
 stage_new_config() {  # copy the profile's files into tpw-<hash>; prints that folder's name
   local file hash
   render_models "$MODEL_CLUSTERS" > "$STAGE/otelcol/models.yaml"
+  render_pipelines "$PROFILE" > "$STAGE/otelcol/pipelines.yaml"
   hash="$( (for file in $FILES; do echo "== $file"; cat "$STAGE/otelcol/$file"; done) | cksum | cut -d' ' -f1)"
   NEW_NAME="tpw-$hash"
   if [ "$DRY_RUN" = 1 ] || [ -d "$CONF_DIR/$NEW_NAME" ]; then return; fi
@@ -198,15 +251,20 @@ setting() {  # NAME: from the environment, else the env file's last NAME= line
 }
 
 main() {
-  if [ "${1:-}" = render-models ]; then render_models "${TPW_MODEL_CLUSTERS:-}"; return; fi
-  [ "${1:-}" = apply ] || err "usage: collector-rollout.sh apply | render-models"
+  case "${1:-}" in  # the rendering steps alone, for the tests and a curious reader
+    render-models) render_models "${TPW_MODEL_CLUSTERS:-}"; return ;;
+    render-pipelines) render_pipelines "${TPW_BACKENDS:-signoz}"; return ;;
+    config-files) config_files "${TPW_BACKENDS:-signoz}"; return ;;
+  esac
+  [ "${1:-}" = apply ] || err "usage: collector-rollout.sh apply | render-models | render-pipelines | config-files"
   need_cmd otelcol-contrib "install the otelcol-contrib package (0.13x-0.16x) first"
   need_cmd systemctl "the gateway runs otelcol-contrib as a systemd service"
   local profile
   ensure_env_file
   profile="$(setting TPW_BACKENDS)"
+  PROFILE="${profile:-signoz}"
   MODEL_CLUSTERS="$(setting TPW_MODEL_CLUSTERS)"
-  FILES="$(config_files "${profile:-signoz}")"
+  FILES="$(config_files "$PROFILE")"
   stage_new_config
   local want_options previous_name previous_options
   want_options="$(options_for "$CONF_DIR/tpw")"

@@ -64,8 +64,10 @@ read_inventory() {
 validate_host() {
   case "$HOST_KIND:$HOST_MODE" in
     mac:agent|mac:daemon|linux:system|linux:root) ;;
-    collector:signoz|collector:signoz+splunk|collector:all) ;;
-    *) err "host kind/mode '$HOST_KIND $HOST_MODE': use 'mac agent', 'mac daemon', 'linux system', 'linux root' or 'collector signoz|signoz+splunk|all'" ;;
+    collector:all) ;;
+    collector:*[!a-z0-9+]*|collector:) err "host '$HOST_NAME': the backends '$HOST_MODE' are not a '+'-joined list of signoz, splunk, o11y, prometheus" ;;
+    collector:*) ;;  # the rollout checks each name
+    *) err "host kind/mode '$HOST_KIND $HOST_MODE': use 'mac agent', 'mac daemon', 'linux system', 'linux root' or 'collector BACKENDS' (signoz, splunk, o11y, prometheus joined by '+', or all)" ;;
   esac
   case "$HOST_ENDPOINT" in
     http://*|https://*) ;;

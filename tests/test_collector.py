@@ -20,9 +20,15 @@ from otlp_receiver import free_port
 from test_deploy import Lab
 
 OTELCOL = os.path.join(ROOT, "otelcol")
-PROFILES = {"signoz": ["gateway.yaml", "models.yaml", "pipelines/signoz.yaml"],
-            "signoz+splunk": ["gateway.yaml", "backends/splunk.yaml", "models.yaml", "pipelines/signoz+splunk.yaml"],
-            "all": ["gateway.yaml", "backends/splunk.yaml", "backends/o11y.yaml", "models.yaml", "pipelines/all.yaml"]}
+PROFILES = ["signoz", "signoz+splunk", "all", "prometheus", "signoz+prometheus", "splunk+o11y+prometheus"]
+ROLLOUT = os.path.join(ROOT, "deploy", "collector-rollout.sh")
+
+
+def rollout(step, **env):
+    """A rendering step of the rollout (render-models, render-pipelines, config-files) as the
+    gateway runs it."""
+    return subprocess.run(["bash", ROLLOUT, step], env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=30)
 ENV_REF = re.compile(r"\$\{env:([A-Z0-9_]+)(?::-[^}]*)?\}")
 
 
@@ -33,13 +39,13 @@ def example_setting(name):
 
 def render_models(mapping):
     """models.yaml as `make collector` renders it on the gateway (collector-rollout.sh)."""
-    return subprocess.run(["bash", os.path.join(ROOT, "deploy", "collector-rollout.sh"), "render-models"],
-                          env=dict(os.environ, TPW_MODEL_CLUSTERS=mapping), capture_output=True, text=True, timeout=30)
+    return rollout("render-models", TPW_MODEL_CLUSTERS=mapping)
 
 
-def load(name):
-    if name == "models.yaml":
-        rendered = render_models(example_setting("TPW_MODEL_CLUSTERS"))
+def load(name, profile="signoz"):
+    if name in ("models.yaml", "pipelines.yaml"):
+        rendered = (render_models(example_setting("TPW_MODEL_CLUSTERS")) if name == "models.yaml"
+                    else rollout("render-pipelines", TPW_BACKENDS=profile))
         assert rendered.returncode == 0, rendered.stderr
         return yaml.safe_load(rendered.stdout)
     with open(os.path.join(OTELCOL, name)) as fh:
@@ -56,16 +62,19 @@ def merge(base, overlay):
 
 def merged(profile):
     config = {}
-    for name in PROFILES[profile]:
-        config = merge(config, load(name))
+    files = rollout("config-files", TPW_BACKENDS=profile)
+    assert files.returncode == 0, files.stderr
+    for name in files.stdout.split():
+        config = merge(config, load(name, profile))
     return config
 
 
-@pytest.mark.parametrize("profile", sorted(PROFILES) + ["agent"])
+@pytest.mark.parametrize("profile", PROFILES + ["agent"])
 def test_every_pipeline_names_only_defined_components(profile):
     config = load("agent-mac.yaml") if profile == "agent" else merged(profile)
     pipelines = config["service"]["pipelines"]
-    assert set(pipelines) == ({"metrics"} if profile == "agent" else {"metrics", "traces", "logs"})
+    signals = {"agent": {"metrics"}, "prometheus": {"metrics"}, "splunk+o11y+prometheus": {"metrics", "traces", "logs"}}
+    assert set(pipelines) == signals.get(profile, {"metrics", "traces", "logs"})
     for name, pipeline in pipelines.items():
         for kind in ("receivers", "processors", "exporters"):
             for component in pipeline.get(kind, []):
@@ -102,7 +111,8 @@ def test_gateway_essentials():
     assert any(a.get("pattern", "").startswith("^metadata") for a in actions)
     statement = config["processors"]["transform/llamacpp_names"]["metric_statements"][0]["statements"][0]
     assert 'replace_pattern(name, "^llamacpp:", "llamacpp.")' == statement
-    assert config["exporters"]["otlp/signoz"]["headers"]["signoz-ingestion-key"].startswith("${env:")
+    assert load("backends/signoz.yaml")["exporters"]["otlp/signoz"]["headers"]["signoz-ingestion-key"].startswith(
+        "${env:")
     assert "health_check" in config["extensions"]
     o11y = load("backends/o11y.yaml")["exporters"]
     assert o11y["otlphttp/o11y_traces"]["traces_endpoint"].endswith("/v2/trace/otlp")
@@ -166,6 +176,25 @@ def test_readme_names_the_llama_swap_version_and_keeps_its_default_pattern():
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert "v229" in readme and "upstream.ignorePaths" in readme
     assert r"'.*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$'" in readme and "'^/metrics$'" in readme
+
+
+def test_the_prometheus_backend_as_the_issue_asks():
+    exporter = merged("signoz+prometheus")["exporters"]["prometheus"]
+    assert exporter["endpoint"] == "${env:TPW_PROMETHEUS_ENDPOINT:-0.0.0.0:8889}"
+    assert exporter["resource_to_telemetry_conversion"] == {"enabled": True} and exporter["send_timestamps"] is True
+    assert exporter["metric_expiration"] == "10m"
+    alone = merged("prometheus")
+    assert set(alone["exporters"]) == {"prometheus"} and set(alone["service"]["pipelines"]) == {"metrics"}
+    both = merged("signoz+prometheus")["service"]["pipelines"]
+    assert both["metrics"]["exporters"] == ["otlp/signoz", "prometheus"] and both["traces"]["exporters"] == [
+        "otlp/signoz"]
+
+
+@pytest.mark.parametrize("backends", ["signoz+grafana", "", "signoz++"])
+def test_an_unknown_backend_is_refused_in_words(backends):
+    result = rollout("config-files", TPW_BACKENDS=backends or "nope")
+    assert result.returncode == 1 and "is not a backend" in result.stderr if backends != "signoz++" else \
+        result.stdout.split() == ["gateway.yaml", "backends/signoz.yaml", "models.yaml", "pipelines.yaml"]
 
 
 def test_the_model_map_tags_tokens_with_their_cluster():
@@ -264,8 +293,8 @@ def test_rollout_validates_swaps_checks_and_is_idempotent(gateway):
     link = gateway.link()
     assert link.startswith("tpw-")
     conf_dir = gateway.remote_root / "etc/otelcol-contrib"
-    assert gateway.options() == [f"--config={conf_dir}/tpw/gateway.yaml --config={conf_dir}/tpw/models.yaml "
-                                 f"--config={conf_dir}/tpw/pipelines/signoz.yaml"]
+    assert gateway.options() == [f"--config={conf_dir}/tpw/gateway.yaml --config={conf_dir}/tpw/backends/signoz.yaml "
+                                 f"--config={conf_dir}/tpw/models.yaml --config={conf_dir}/tpw/pipelines.yaml"]
     models = yaml.safe_load((conf_dir / "tpw" / "models.yaml").read_text())
     statements = models["processors"]["transform/genai_cluster"]["metric_statements"][0]["statements"]
     assert 'set(attributes["cluster"], "nvidia") where attributes["gen_ai.request.model"] == "qwen3-30b-a3b"' \
@@ -312,6 +341,17 @@ def test_a_memory_limit_at_the_spike_limit_is_refused_before_rollout(gateway):
     assert "TPW_COLLECTOR_MEMORY_MIB=128" in result.stderr and "spike limit (128 MiB)" in result.stderr
     assert gateway.link() == running and gateway.options() == options
     assert not [c for c in gateway.calls() if "restart" in c or "validate" in c]
+
+
+def test_rollout_of_signoz_and_prometheus(gateway):
+    gateway.profile("signoz+prometheus")
+    result = gateway.make("collector", "ai-stack")
+    assert result.returncode == 0, result.stdout + result.stderr
+    options = gateway.options()[0]
+    assert "backends/signoz.yaml" in options and "backends/prometheus.yaml" in options
+    conf_dir = gateway.remote_root / "etc/otelcol-contrib"
+    pipelines = yaml.safe_load((conf_dir / "tpw" / "pipelines.yaml").read_text())["service"]["pipelines"]
+    assert pipelines["metrics"]["exporters"] == ["otlp/signoz", "prometheus"]
 
 
 def test_invalid_config_is_never_swapped_in(gateway):
