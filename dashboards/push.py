@@ -5,6 +5,7 @@ place, created only when it is not there. Standard library only.
     python3 dashboards/push.py signoz   [--dry-run]   # SIGNOZ_API_URL, SIGNOZ_API_KEY
     python3 dashboards/push.py splunk   [--dry-run]   # SPLUNK_REST_URL, SPLUNK_REST_TOKEN [, SPLUNK_APP, SPLUNK_OWNER]
     python3 dashboards/push.py o11y     [--dry-run]   # O11Y_API_URL, O11Y_API_TOKEN [, PRICE_PER_KWH, API_PRICE_PER_1M]
+    python3 dashboards/push.py grafana  [--dry-run]   # GRAFANA_URL, GRAFANA_TOKEN [, GRAFANA_FOLDER_UID]
 
 Tokens come from the environment only (an API token, not an ingest token) and are never printed.
 --dry-run prints every request it would make and makes none. Exit codes: 0 pushed, 1 the backend
@@ -21,9 +22,9 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES = {"signoz": "signoz/tokens-per-watt.json", "splunk": "splunk-enterprise/tokens-per-watt.json",
-         "o11y": "splunk-o11y/tokens-per-watt.json"}
+         "o11y": "splunk-o11y/tokens-per-watt.json", "grafana": "grafana/tokens-per-watt.json"}
 SETTINGS = {"signoz": ("SIGNOZ_API_URL", "SIGNOZ_API_KEY"), "splunk": ("SPLUNK_REST_URL", "SPLUNK_REST_TOKEN"),
-            "o11y": ("O11Y_API_URL", "O11Y_API_TOKEN")}
+            "o11y": ("O11Y_API_URL", "O11Y_API_TOKEN"), "grafana": ("GRAFANA_URL", "GRAFANA_TOKEN")}
 
 
 class Api:
@@ -166,6 +167,19 @@ def push_o11y(api, bundle):
     return f"created the O11y dashboard with {len(placements)} charts"
 
 
+def push_grafana(api, dashboard):
+    """Grafana keeps a dashboard by its uid: POST /api/dashboards/db with overwrite replaces it in
+    place. GRAFANA_TOKEN is a service-account token."""
+    uid = dashboard["uid"]
+    existing = api.call("GET", f"/api/dashboards/uid/{uid}")
+    body = {"dashboard": dict(dashboard, id=None), "overwrite": True, "message": "tokens-per-watt: dashboards/push.py"}
+    if os.environ.get("GRAFANA_FOLDER_UID"):
+        body["folderUid"] = os.environ["GRAFANA_FOLDER_UID"]
+    answer = api.call("POST", "/api/dashboards/db", body=body) or {}
+    where = answer.get("url") or f"/d/{uid}"
+    return f"{'updated' if existing else 'created'} Grafana dashboard {uid} ({where})"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,10 +193,12 @@ def main():
         return 2
     with open(os.path.join(HERE, FILES[args.backend])) as fh:
         document = json.load(fh)
-    header = {"signoz": "SIGNOZ-API-KEY", "splunk": "Authorization", "o11y": "X-SF-Token"}[args.backend]
-    value = f"Bearer {token}" if args.backend == "splunk" else (token or "")
+    header = {"signoz": "SIGNOZ-API-KEY", "splunk": "Authorization", "o11y": "X-SF-Token",
+              "grafana": "Authorization"}[args.backend]
+    value = f"Bearer {token}" if args.backend in ("splunk", "grafana") else (token or "")
     api = Api(url, header, value, args.dry_run)
-    result = {"signoz": push_signoz, "splunk": push_splunk, "o11y": push_o11y}[args.backend](api, document)
+    pushers = {"signoz": push_signoz, "splunk": push_splunk, "o11y": push_o11y, "grafana": push_grafana}
+    result = pushers[args.backend](api, document)
     print(("dry run: " if args.dry_run else "") + result)
     return 0
 

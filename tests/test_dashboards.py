@@ -330,6 +330,15 @@ class FakeApi:
             key = form["name"][0] if "name" in form else name
             self.store[key] = form["eai:data"][0]
             return 201, {"entry": [{"name": key}]}
+        if route.path.startswith("/api/dashboards/uid/"):
+            uid = route.path.rsplit("/", 1)[1]
+            return (200, {"dashboard": self.store[uid], "meta": {}}) if uid in self.store else (404, {"message": "nf"})
+        if route.path == "/api/dashboards/db" and method == "POST":
+            document = json.loads(body)
+            assert document["overwrite"] is True and document["dashboard"]["id"] is None
+            self.store[document["dashboard"]["uid"]] = document["dashboard"]
+            uid = document["dashboard"]["uid"]
+            return 200, {"status": "success", "uid": uid, "url": f"/d/{uid}/tokens-per-watt", "version": 1}
         if route.path == "/v2/chart/validate":
             program = json.loads(body)["programText"]
             if "publish(" not in program:
@@ -364,7 +373,8 @@ def api():
 def push(backend, api, *extra, **env):
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNOZ_", "SPLUNK_", "O11Y_"))}
     environment.update({"SIGNOZ_API_URL": api.url, "SIGNOZ_API_KEY": "sz-secret", "SPLUNK_REST_URL": api.url,
-                        "SPLUNK_REST_TOKEN": "sp-secret", "O11Y_API_URL": api.url, "O11Y_API_TOKEN": "o11y-secret"})
+                        "SPLUNK_REST_TOKEN": "sp-secret", "O11Y_API_URL": api.url, "O11Y_API_TOKEN": "o11y-secret",
+                        "GRAFANA_URL": api.url, "GRAFANA_TOKEN": "glsa_secret"})
     environment.update(env)
     return subprocess.run([sys.executable, os.path.join(DASH, "push.py"), backend, *extra], env=environment,
                           capture_output=True, text=True, timeout=60)
@@ -445,6 +455,31 @@ def test_push_o11y_charts_then_dashboard_and_price(api):
     assert second.returncode == 0 and "updated O11y dashboard" in second.stdout
     assert len(api.store) == before  # found by name: updated, not duplicated
     assert all(a == {"x-sf-token": "o11y-secret"} for _m, _p, a, _b in api.requests)
+
+
+def test_push_grafana_creates_then_updates_in_place(api):
+    first = push("grafana", api)
+    assert first.returncode == 0 and "created Grafana dashboard tokens-per-watt" in first.stdout, first.stderr
+    second = push("grafana", api)
+    assert second.returncode == 0 and "updated Grafana dashboard tokens-per-watt" in second.stdout
+    assert list(api.store) == ["tokens-per-watt"]
+    assert api.store["tokens-per-watt"]["title"] == build.TITLE
+    assert all(a == {"authorization": "Bearer glsa_secret"} for _m, _p, a, _b in api.requests)
+    assert "glsa_secret" not in first.stdout + second.stdout
+
+
+def test_grafana_dashboard_shape():
+    dash = load("grafana/tokens-per-watt.json")
+    assert dash["uid"] == "tokens-per-watt" and dash["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for name in ("cluster", "host", "model"):
+        assert variables[name]["type"] == "query" and variables[name]["datasource"]["uid"] == "${datasource}"
+    for name in ("price_per_kwh", "api_price_per_1m", "currency"):
+        assert variables[name]["type"] == "textbox"
+    for panel in dash["panels"]:
+        assert panel["type"] in ("stat", "timeseries", "table") and panel["targets"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
 
 
 def test_dry_run_prints_requests_and_sends_none(api):
