@@ -13,6 +13,7 @@ shows nothing (not infinity) while no tokens flow. Standard library only.
 import argparse
 import json
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -272,8 +273,12 @@ PROM_METRICS = {  # the OTLP metrics the Grafana dashboard reads: (unit, kind)
 
 
 def prom_name(metric):
-    unit, kind = PROM_METRICS[metric]
-    tokens = [t for t in metric.replace("_", ".").split(".") if t]
+    return prom_metric_name(metric, *PROM_METRICS[metric])
+
+
+def prom_metric_name(metric, unit, kind):
+    """kind: gauge, counter (a monotonic sum) or histogram. Also used by the demo receiver."""
+    tokens = [t for t in re.split(r"[^A-Za-z0-9:]+", metric) if t]
     word = PROM_UNITS.get(unit, "" if unit.startswith("{") or not unit else unit)
     if word and word not in tokens:
         tokens.append(word)
@@ -285,7 +290,7 @@ def prom_name(metric):
 
 
 def prom_label(attribute):
-    return attribute.replace(".", "_")
+    return re.sub(r"[^A-Za-z0-9_]", "_", attribute)
 
 
 PROM_RAPL_PACKAGES = 'rapl_zone!~".*/.*|psys"'

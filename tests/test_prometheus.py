@@ -16,6 +16,7 @@ So over any window: tokens per joule 1.5 (Mac SoC), 0.75 (Mac node), 1.3 (GPU bo
 import http.server
 import json
 import os
+import re
 import threading
 import time
 
@@ -257,3 +258,45 @@ def test_names_are_the_collectors(prometheus):
         assert build.prom_name(metric) == name
     names = {r["metric"]["__name__"] for r in prometheus.query('{job=~".+"}')["data"]["result"]}
     assert {"gpu_power_board_watts", "mac_energy_joules_total", "gen_ai_client_token_usage_sum"} <= names
+
+
+# ---- the demo receiver serves the same names (GET /metrics), so Grafana and tpw-ab work without a collector
+
+def test_the_demo_receiver_serves_the_gateways_prometheus_names(tmp_path):
+    import shutil
+    import subprocess
+    import urllib.request
+
+    from conftest import start_macmon_exporter
+    from otlp_receiver import Receiver
+
+    need_peer("promtool", "prometheus")
+    receiver = Receiver()
+    try:
+        exporter = start_macmon_exporter(receiver.url, "--resource", "host.name=m1")
+        assert receiver.wait_for(lambda: len(receiver.series("mac.energy.total")) >= 2, 20)
+        assert exporter.stop() == 0
+        histogram = {"resourceMetrics": [{"resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "litellm"}}]}, "scopeMetrics": [{"metrics": [{
+                "name": "gen_ai.client.token.usage", "unit": "{token}", "histogram": {
+                    "aggregationTemporality": 2, "dataPoints": [{
+                        "attributes": [{"key": "gen_ai.token.type", "value": {"stringValue": "output"}},
+                                       {"key": "cluster", "value": {"stringValue": "mac-exo"}}],
+                        "startTimeUnixNano": "1", "timeUnixNano": str(time.time_ns()), "count": "3", "sum": 30.0,
+                        "bucketCounts": ["1", "2", "0"], "explicitBounds": [5.0, 20.0]}]}}]}]}]}
+        request = urllib.request.Request(receiver.url + "/v1/metrics", data=json.dumps(histogram).encode(),
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=5).read()
+        with urllib.request.urlopen(receiver.url + "/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    finally:
+        receiver.stop()
+    check = subprocess.run([shutil.which("promtool") or "/usr/bin/promtool", "check", "metrics"], input=text,
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert re.search(r'^mac_energy_joules_total\{[^}]*cluster="mac-exo"[^}]*host_name="m1"', text, re.M)
+    assert re.search(r"^mac_power_system_watts\{", text, re.M) or re.search(r"^mac_power_total_watts\{", text, re.M)
+    assert "# TYPE mac_energy_joules_total counter" in text and "# TYPE mac_gpu_usage_ratio gauge" in text
+    buckets = re.findall(r'^gen_ai_client_token_usage_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)', text, re.M)
+    assert buckets == [("5.0", "1.0"), ("20.0", "3.0"), ("+Inf", "3.0")]  # cumulative in le, +Inf = count
+    assert re.search(r'^gen_ai_client_token_usage_sum\{[^}]*gen_ai_token_type="output"[^}]*\} 30.0', text, re.M)

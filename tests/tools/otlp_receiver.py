@@ -6,6 +6,7 @@ asks: accept, hang, 429 with Retry-After, 503, 400 with a message, 413 over a si
 partialSuccess; `stop()` closes the port so connections are refused, `start()` opens it again.
 
     python3 tests/tools/otlp_receiver.py --port 4318          # print each data point as it arrives
+    curl http://127.0.0.1:4318/metrics                         # the latest of each, as Prometheus names it
 """
 import argparse
 import collections
@@ -135,6 +136,17 @@ class Receiver:
             def do_POST(self):
                 receiver.handle(self)
 
+            def do_GET(self):
+                if self.path.split("?")[0] != "/metrics":
+                    receiver.send(self, 404, b'{"message": "GET /metrics, or POST OTLP"}', None)
+                    return
+                data = receiver.prometheus_text().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
         server = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
@@ -256,6 +268,41 @@ class Receiver:
             if self.keep:
                 self.points = [p for p in self.points if id(p) not in gone]
 
+    def prometheus_text(self):
+        """The latest point of every series, as the gateway's Prometheus endpoint would serve it
+        (the collector's names, resource attributes as labels, the sample's own timestamp), so
+        Grafana queries and tpw-ab can be tried with no collector (GET /metrics)."""
+        namer = prometheus_namer()
+        latest = {}
+        with self.lock:
+            for p in self.points:
+                key = (p.metric, tuple(sorted(p.resource.items())), tuple(sorted(p.attributes.items())))
+                if key not in latest or p.time_ns >= latest[key].time_ns:
+                    latest[key] = p
+        families = {}
+        for p in latest.values():
+            kind = "histogram" if p.kind == "histogram" else ("counter" if p.kind == "sum" and p.monotonic else "gauge")
+            name = namer.prom_metric_name(p.metric, p.unit, kind)
+            families.setdefault((name, kind), []).append(p)
+        lines = []
+        for (name, kind), points in sorted(families.items()):
+            lines.append(f"# HELP {name} {points[0].metric} ({points[0].unit or 'no unit'})")
+            lines.append(f"# TYPE {name} {kind}")
+            for p in points:
+                labels = {namer.prom_label(k): v for k, v in {**p.resource, **p.attributes}.items()}
+                stamp = p.time_ns // 1_000_000
+                if kind != "histogram":
+                    lines.append(f"{name}{prom_labels(labels)} {float(p.value)!r} {stamp}")
+                    continue
+                running = 0
+                for bound, count in zip([*p.bounds, float("inf")], p.bucket_counts):
+                    running += count
+                    le = "+Inf" if bound == float("inf") else repr(bound)
+                    lines.append(f"{name}_bucket{prom_labels(dict(labels, le=le))} {float(running)!r} {stamp}")
+                lines.append(f"{name}_sum{prom_labels(labels)} {float(p.value)!r} {stamp}")
+                lines.append(f"{name}_count{prom_labels(labels)} {float(p.count)!r} {stamp}")
+        return "\n".join(lines) + "\n"
+
     def count(self, name):
         """Accepted data points of one metric (kept or not)."""
         with self.lock:
@@ -273,6 +320,22 @@ class Receiver:
                 return True
             time.sleep(0.05)
         return predicate()
+
+
+def prom_labels(labels):
+    escaped = {k: str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for k, v in labels.items()}
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(escaped.items())) + "}"
+
+
+def prometheus_namer():
+    """dashboards/build.py: the one place the collector's Prometheus naming is written down."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "dashboards", "build.py")
+    spec = importlib.util.spec_from_file_location("tpw_dashboard_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port():
