@@ -117,11 +117,11 @@ class Upstream:
                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
         tokens = self.token_count(body)
+        begun = time.monotonic()
         try:
-            time.sleep(self.ttft_s)
             for i in range(tokens):
-                if i:
-                    time.sleep(self.token_interval_s)
+                # on a fixed schedule (first token at ttft, then one every interval): no drift
+                time.sleep(max(0.0, begun + self.ttft_s + i * self.token_interval_s - time.monotonic()))
                 event(chunk({"role": "assistant", "content": "tok "} if i == 0 else {"content": "tok "}))
             event(chunk({}, "stop"))
             wants_usage = (body.get("stream_options") or {}).get("include_usage")
