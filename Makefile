@@ -30,9 +30,9 @@ venv: $(STAMP) ## create .venv with the pinned dev tools
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, vermin (Python 3.9 floor) and shellcheck
-	$(VENV)/bin/ruff check exporters tests deploy dashboards tests/tools/fake-macmon tests/tools/fake-nvidia-smi \
+	$(VENV)/bin/ruff check exporters tpw-ab tests deploy dashboards tests/tools/fake-macmon tests/tools/fake-nvidia-smi \
 	  tests/tools/remote-bin/*
-	$(VENV)/bin/vermin --target=3.9- --violations --no-tips --eval-annotations $(EXPORTERS)
+	$(VENV)/bin/vermin --target=3.9- --violations --no-tips --eval-annotations $(EXPORTERS) tpw-ab/tpw-ab.py
 	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 
 # The tests mostly wait on processes and sockets, so more workers than cores pay off (2 cores:
@@ -47,6 +47,10 @@ peers: ## install the system programs the tests use as real peers (sshd, systemd
 test: lint peers ## install the dev tools into .venv and run every check
 	$(VPY) -m pytest -q -n $(TEST_WORKERS)
 	@$(MAKE) --no-print-directory test-py39
+
+.PHONY: ab
+ab: ## tpw-ab: the same prompts against both clusters (ARGS="run --target ..."; `make ab` alone: its help)
+	@$(PYTHON) tpw-ab/tpw-ab.py $(if $(ARGS),$(ARGS),--help)
 
 .PHONY: bench
 bench: $(STAMP) ## measure the exporters against the OpenTelemetry Python SDK

@@ -351,7 +351,7 @@ def series_increase(points, start, end):
     if len(points) < 2 or points[0][0] > start or points[-1][0] < end:
         return None
     running, cumulative = 0.0, [(points[0][0], 0.0)]
-    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+    for (_t0, v0), (t1, v1) in zip(points, points[1:]):
         running += (v1 - v0) if v1 >= v0 else v1
         cumulative.append((t1, running))
 
@@ -476,8 +476,8 @@ def idle_baseline(reader, clusters, seconds):
         return {}
     start = time.time()
     time.sleep(seconds)
-    reader.read_once()
     end = time.time()
+    reader.read_once()  # a sample after the end, to interpolate the edge
     idle = {}
     for cluster in clusters:
         for boundary in BOUNDARIES.get(cluster, {}):
@@ -560,7 +560,8 @@ def table(run):
         energy = list(r["energy"].values()) or [None]
         for e in energy:
             rows.append((r["target"], r["cluster"], str(r["concurrency"]), fmt(r["ttft_s_p50"]), fmt(r["ttft_s_p95"]),
-                         fmt(r["itl_s_p50"]), fmt(r["tokens_per_s_per_request_p50"]), fmt(r.get("tokens_per_s_aggregate")),
+                         fmt(r["itl_s_p50"]), fmt(r["tokens_per_s_per_request_p50"]),
+                         fmt(r.get("tokens_per_s_aggregate")),
                          e["boundary"] if e else "(no energy)", fmt(e and e["joules_per_token"]),
                          fmt(e and e["tokens_per_joule"]), fmt(e and e["cost_per_1m_tokens"], 2),
                          fmt(e and e["api_over_onprem"], 3)))
@@ -608,8 +609,9 @@ def svg_line_chart(series, x_label, y_label, width=520, height=260):
 def html_report(run):
     by_target = {}
     for r in run["results"]:
-        for boundary, e in r["energy"].items():
-            by_target.setdefault(f"{r['target']} ({e['boundary']})", []).append((r["concurrency"], e["tokens_per_joule"]))
+        for e in r["energy"].values():
+            by_target.setdefault(f"{r['target']} ({e['boundary']})", []).append(
+                (r["concurrency"], e["tokens_per_joule"]))
     latency = {r_name: [] for r_name in {r["target"] for r in run["results"]}}
     for r in run["results"]:
         latency[r["target"]].append((r["concurrency"], r["e2e_s_p50"]))
@@ -635,7 +637,8 @@ def send_otlp(run, endpoint):
         if value is None:
             return
         attrs = [{"key": k, "value": {"stringValue": str(v)}} for k, v in attributes.items()]
-        metrics.setdefault((name, unit), []).append({"timeUnixNano": now, "asDouble": float(value), "attributes": attrs})
+        metrics.setdefault((name, unit), []).append({"timeUnixNano": now, "asDouble": float(value),
+                                                     "attributes": attrs})
     for r in run["results"]:
         base = {"tpw.ab.run": run["id"], "tpw.ab.target": r["target"], "cluster": r["cluster"],
                 "gen_ai.request.model": r["model"], "tpw.ab.concurrency": r["concurrency"]}
@@ -647,7 +650,8 @@ def send_otlp(run, endpoint):
             point("tpw.ab.joules_per_token", "J", e["joules_per_token"], attrs)
             point("tpw.ab.tokens_per_joule", "{token}/J", e["tokens_per_joule"], attrs)
             point("tpw.ab.cost_per_1m_tokens", "1", e["cost_per_1m_tokens"], attrs)
-    body = {"resourceMetrics": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "tpw-ab"}}]},
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "tpw-ab"}}]}
+    body = {"resourceMetrics": [{"resource": resource,
                                  "scopeMetrics": [{"scope": {"name": "tokens-per-watt/tpw-ab"}, "metrics": [
                                      {"name": name, "unit": unit, "gauge": {"dataPoints": points}}
                                      for (name, unit), points in metrics.items()]}]}]}

@@ -54,6 +54,7 @@ class EnergyStandin:
         w = self.watts
         mac = 'cluster="mac-exo",host_name="m1"'
         node = 'cluster="nvidia",host_name="g1"'
+        package = w["nvidia:packages"] / 2
         lines = [
             "# TYPE mac_energy_joules_total counter",
             f"mac_energy_joules_total{{{mac}}} {w['mac-exo:soc'] * seconds!r} {ms}",
@@ -63,8 +64,8 @@ class EnergyStandin:
             f'gpu_energy_joules_total{{{node},gpu_uuid="GPU-a"}} {w["nvidia:board"] * 0.6 * seconds!r} {ms}',
             f'gpu_energy_joules_total{{{node},gpu_uuid="GPU-b"}} {w["nvidia:board"] * 0.4 * seconds!r} {ms}',
             "# TYPE host_energy_cpu_joules_total counter",
-            f'host_energy_cpu_joules_total{{{node},rapl_zone="package-0"}} {w["nvidia:packages"] * 0.5 * seconds!r} {ms}',
-            f'host_energy_cpu_joules_total{{{node},rapl_zone="package-1"}} {w["nvidia:packages"] * 0.5 * seconds!r} {ms}',
+            f'host_energy_cpu_joules_total{{{node},rapl_zone="package-0"}} {package * seconds!r} {ms}',
+            f'host_energy_cpu_joules_total{{{node},rapl_zone="package-1"}} {package * seconds!r} {ms}',
             # inside package-0, and the whole platform: never added
             f'host_energy_cpu_joules_total{{{node},rapl_zone="package-0/core"}} {30.0 * seconds!r} {ms}',
             f'host_energy_cpu_joules_total{{{node},rapl_zone="psys"}} {500.0 * seconds!r} {ms}',
