@@ -40,7 +40,7 @@ lint: $(STAMP) ## ruff, vermin (Python 3.9 floor) and shellcheck
 TEST_WORKERS ?= 4
 
 .PHONY: peers
-peers: ## install the system programs the tests use as real peers (sshd, systemd-analyze, prometheus) when root
+peers: ## install the system programs the tests use as real peers (sshd, systemd-analyze, prometheus, chromium) when root
 	@tests/tools/install-test-peers.sh
 
 .PHONY: test

@@ -239,7 +239,7 @@ def test_window_and_edges(ab):
 
     class Fake:
         def __init__(self, started, first, finished):
-            self.started, self.chunk_times, self.finished, self.error = started, [first], finished, None
+            self.started, self.chunk_times, self.finished, self.error = started, [first, finished], finished, None
 
         ok = property(lambda self: True)
     wave = [Fake(0, 1.0, 5.0), Fake(0, 1.5, 4.0), Fake(4.1, 4.5, 9.0)]
@@ -257,3 +257,51 @@ def test_a_jsonl_prompt_file_and_a_bad_one(lab, tmp_path):
     bad.write_text("not json\n")
     result = tpw_ab("run", "--target", f"m={lab['mac'].url},m,mac-exo", "--prompts", str(bad))
     assert result.returncode == 2 and 'a JSON object with a "prompt" string' in result.stderr
+
+
+def test_the_html_report_renders_its_charts_in_chromium(lab, tmp_path):
+    """Headless Chromium (Debian's) opens the report from disk, with no network: both charts are
+    there with a line per target and boundary, and nothing is fetched from elsewhere."""
+    from conftest import need_peer
+    need_peer("chromium", "chromium")
+    report = tmp_path / "report.html"
+    result = tpw_ab(*run_args(lab, "--concurrency", "1,2", "--requests", "2", "--idle-seconds", "0",
+                              "--html", str(report)))
+    assert result.returncode == 0, result.stderr
+    text = report.read_text()
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "<script" not in text
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", report.as_uri()],
+                         capture_output=True, text=True, timeout=90)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count('<svg class="chart"') == 2
+    assert dom.stdout.count('class="series"') == 4 + 2  # tokens/J: 2 targets x 2 boundaries; latency: 2 targets
+    assert "tokens per joule" in dom.stdout and "GPU boards" in dom.stdout
+
+
+def test_end_to_end_through_the_real_litellm_proxy(lab, tmp_path):
+    """The project's LiteLLM excerpt in front of the two stand-in clusters; tpw-ab asks for the
+    public model names through it, as a user would."""
+    from litellm_peer import LiteLLM
+    receiver = Receiver()
+    proxy = LiteLLM(tmp_path, {"qwen3-30b-mac": lab["mac"].url, "qwen3-30b-nvidia": lab["nv"].url}, receiver.url)
+    try:
+        proxy.wait_ready()
+        out = tmp_path / "run.json"
+        result = tpw_ab("run", "--target", f"mac={proxy.url},qwen3-30b-mac,mac-exo",
+                        "--target", f"nv={proxy.url},qwen3-30b-nvidia,nvidia", "--energy-url", lab["energy"].url,
+                        "--energy-interval", "0.2", "--idle-seconds", "0", "--requests", "2", "--concurrency", "1,2",
+                        "--history", lab["history"], "--json", str(out), env={"TPW_AB_API_KEY": proxy.key})
+    finally:
+        proxy.stop()
+        receiver.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = json.loads(out.read_text())
+    for r in run["results"]:
+        assert r["failed"] == 0 and r["token_count_source"] == "usage", r
+        assert r["output_tokens"] == (200 if r["cluster"] == "mac-exo" else 256) * 2  # max_tokens 256
+        for e in r["energy"].values():
+            want = WATTS[(r["cluster"], e["boundary"])] / (RATE[r["cluster"]] * r["concurrency"])
+            assert e["joules_per_token"] == pytest.approx(want, rel=0.03), (r["target"], e)  # a proxy between
+    assert {b["model"] for b in lab["mac"].requests} == {"mlx-community/Qwen3-30B-A3B-4bit"}

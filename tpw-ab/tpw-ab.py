@@ -239,6 +239,9 @@ def read_events(response, answer):
         except ValueError:
             skipped += 1
             continue
+        if isinstance(event.get("error"), dict):  # a proxy reports a failure inside the stream
+            answer.error = f"stream error: {str(event['error'].get('message'))[:200]}"
+            break
         now = time.time()
         for choice in event.get("choices") or []:
             if (choice.get("delta") or {}).get("content"):
@@ -248,8 +251,8 @@ def read_events(response, answer):
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             answer.usage_tokens = usage["completion_tokens"]
     answer.finished = time.time()
-    if skipped:
-        answer.error = None if answer.chunk_times else f"{skipped} malformed events and no content"
+    if skipped and not answer.chunk_times and answer.error is None:
+        answer.error = f"{skipped} malformed events and no content"
 
 
 # ---------------------------------------------------------------- energy counters
@@ -399,13 +402,13 @@ def run_level(target, texts, concurrency, settings):
 
 def steady_window(answers, concurrency):
     """The steady state of the first wave (ML.ENERGY's window): from the moment all of the first
-    `concurrency` streams have their first token until the first of them finishes. Later waves
+    `concurrency` streams have their first token until the first of them finishes (its last token). Later waves
     are not used: a stream that takes a new request spends its prefill without tokens."""
     wave = answers[:concurrency]
     if len(wave) < concurrency or not all(a.ok for a in wave):
         return None
     start = max(a.chunk_times[0] for a in wave)
-    end = min(a.finished for a in wave)
+    end = min(a.chunk_times[-1] for a in wave)  # its last token: what follows (usage, [DONE]) is not decoding
     return (start, end) if end > start else None
 
 
@@ -575,34 +578,38 @@ def table(run):
     return "\n".join(lines + [f"note: {n}" for n in run["notes"]])
 
 
-def svg_line_chart(series, x_label, y_label, width=520, height=260):
+def svg_line_chart(series, x_label, y_label, width=700, height=280):
     """series: {name: [(x, y)]} -> an inline SVG line chart, no scripts, no external assets."""
     points = [p for values in series.values() for p in values if p[1] is not None]
     if not points:
         return f'<svg class="chart" width="{width}" height="{height}"><text x="10" y="20">no data</text></svg>'
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1, y1 = min(xs), max(xs), max(ys) or 1.0
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    xs, ys = sorted({p[0] for p in points}), [p[1] for p in points]
+    x0, x1, y1 = xs[0], xs[-1], max(ys) or 1.0
+    right = width - 200  # the legend sits to the right of the plot
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
-    def place(x, y):
-        px = 50 + (x - x0) / ((x1 - x0) or 1) * (width - 70)
-        py = height - 40 - y / y1 * (height - 60)
-        return f"{px:.1f},{py:.1f}"
+    def px(x):
+        return 60 + (x - x0) / ((x1 - x0) or 1) * (right - 80)
+
+    def py(y):
+        return height - 40 - y / y1 * (height - 70)
     parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<line x1="50" y1="{height - 40}" x2="{width - 20}" y2="{height - 40}" stroke="#333"/>',
-             f'<line x1="50" y1="20" x2="50" y2="{height - 40}" stroke="#333"/>',
-             f'<text x="{width / 2:.0f}" y="{height - 8}" text-anchor="middle">{html.escape(x_label)}</text>',
-             f'<text x="12" y="14">{html.escape(y_label)} (max {fmt(y1)})</text>']
+             f'<line x1="60" y1="{height - 40}" x2="{right}" y2="{height - 40}" stroke="#333"/>',
+             f'<line x1="60" y1="20" x2="60" y2="{height - 40}" stroke="#333"/>',
+             f'<text x="{(60 + right) / 2:.0f}" y="{height - 6}" text-anchor="middle">{html.escape(x_label)}</text>',
+             f'<text x="8" y="14">{html.escape(y_label)}</text>',
+             f'<text x="54" y="{py(y1) + 4:.1f}" text-anchor="end">{fmt(y1)}</text>',
+             f'<text x="54" y="{height - 36}" text-anchor="end">0</text>']
+    parts += [f'<text x="{px(x):.1f}" y="{height - 24}" text-anchor="middle">{fmt(x)}</text>' for x in xs]
     for i, (name, values) in enumerate(series.items()):
-        good = [(x, y) for x, y in values if y is not None]
+        good = sorted((x, y) for x, y in values if y is not None)
         if not good:
             continue
         color = colors[i % len(colors)]
         parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="2" '
-                     f'points="{" ".join(place(x, y) for x, y in good)}"/>')
-        parts += [f'<circle cx="{place(x, y).split(",")[0]}" cy="{place(x, y).split(",")[1]}" r="3" fill="{color}"/>'
-                  for x, y in good]
-        parts.append(f'<text x="{width - 150}" y="{30 + 16 * i}" fill="{color}">{html.escape(name)}</text>')
+                     f'points="{" ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)}"/>')
+        parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in good]
+        parts.append(f'<text x="{right + 16}" y="{30 + 18 * i}" fill="{color}">{html.escape(name)}</text>')
     return "\n".join(parts + ["</svg>"])
 
 

@@ -4,8 +4,8 @@
 #   tests/tools/install-test-peers.sh          # make test runs it; .ci/run too
 #
 # Each peer is a Debian package: sshd (the deploy and collector tests log in over a real sshd on
-# 127.0.0.1), systemd-analyze (the units are verified by it) and prometheus (the Grafana
-# dashboard's PromQL runs on it). As root with apt-get, what is
+# 127.0.0.1), systemd-analyze (the units are verified by it), prometheus (the Grafana
+# dashboard's PromQL runs on it) and chromium (tpw-ab's HTML report is opened in it). As root with apt-get, what is
 # missing is installed; otherwise one line names what to install and the tests that need it skip
 # (TPW_REQUIRE_PEERS=1, as .ci/run sets it, turns those skips into failures).
 set -euo pipefail
@@ -19,6 +19,7 @@ PEERS=(
   "ssh-keygen:openssh-client"
   "systemd-analyze:systemd"
   "prometheus:prometheus"
+  "chromium:chromium"
 )
 
 have() {

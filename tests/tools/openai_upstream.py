@@ -94,8 +94,8 @@ class Upstream:
         time.sleep(self.ttft_s + self.token_interval_s * max(0, tokens - 1))
         document = {"id": "chatcmpl-standin", "object": "chat.completion", "created": int(time.time()),
                     "model": body.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": " ".join(["tok"] * tokens)}}]}
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                        "role": "assistant", "content": " ".join(f"w{i}" for i in range(tokens))}}]}
         if self.include_usage:
             document["usage"] = self.usage(body, tokens)
         self.send_json(handler, document)
@@ -122,7 +122,8 @@ class Upstream:
             for i in range(tokens):
                 # on a fixed schedule (first token at ttft, then one every interval): no drift
                 time.sleep(max(0.0, begun + self.ttft_s + i * self.token_interval_s - time.monotonic()))
-                event(chunk({"role": "assistant", "content": "tok "} if i == 0 else {"content": "tok "}))
+                # a different word each time: LiteLLM ends a stream that repeats one chunk 100 times
+                event(chunk({"role": "assistant", "content": f"w{i} "} if i == 0 else {"content": f"w{i} "}))
             event(chunk({}, "stop"))
             wants_usage = (body.get("stream_options") or {}).get("include_usage")
             if wants_usage and self.include_usage:
