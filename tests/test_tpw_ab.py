@@ -305,3 +305,17 @@ def test_end_to_end_through_the_real_litellm_proxy(lab, tmp_path):
             want = WATTS[(r["cluster"], e["boundary"])] / (RATE[r["cluster"]] * r["concurrency"])
             assert e["joules_per_token"] == pytest.approx(want, rel=0.03), (r["target"], e)  # a proxy between
     assert {b["model"] for b in lab["mac"].requests} == {"mlx-community/Qwen3-30B-A3B-4bit"}
+
+
+def test_make_demo_ends_with_the_answer():
+    """make demo with no site-packages at all (-I -S): the exporter table for every macmon format,
+    then tpw-ab's side-by-side table for the two stand-in clusters."""
+    done = subprocess.run([sys.executable, "-I", "-S", os.path.join(ROOT, "tests", "tools", "demo.py")],
+                          capture_output=True, text=True, timeout=170, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "7 of 7 macmon formats delivered" in done.stdout
+    table = done.stdout.split("tpw-ab: the same prompts")[1]
+    for needle in ("mac-exo", "nvidia", "Mac SoC", "whole node", "GPU boards", "tokens/J", "$/1M"):
+        assert needle in table, needle
+    rows = [line.split() for line in table.splitlines() if line.startswith(("mac ", "nvidia "))]
+    assert len(rows) == 8  # 2 targets x 2 concurrencies x 2 boundaries

@@ -4,19 +4,26 @@
 For each macmon output format (v0.4.0 to today) it runs the real exporter against the stand-in
 macmon, which replays that version's recorded lines at 20x speed, sending to a built-in OTLP/JSON
 receiver on 127.0.0.1. It then prints what arrived, as a user would see it in their collector.
+Last, the answer itself: tpw-ab runs the same prompts against two stand-in clusters (a Mac and an
+NVIDIA node, OpenAI-compatible, each with energy counters rising at known watts) and prints
+latency, tokens per joule and $ per 1M tokens side by side.
 """
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
+from energy_standin import EnergyStandin  # noqa: E402
+from openai_upstream import Upstream  # noqa: E402
 from otlp_receiver import Receiver  # noqa: E402
 
 EXPORTER = os.path.join(ROOT, "exporters", "macmon-otel-exporter.py")
+TPW_AB = os.path.join(ROOT, "tpw-ab", "tpw-ab.py")
 FAKE = os.path.join(HERE, "fake-macmon")
 VERSIONS = ["0.4.0", "0.4.2", "0.6.1", "0.7.0", "0.8.0", "0.8.2", "0.10.0"]
 SAMPLES = 3
@@ -66,7 +73,31 @@ def main():
         show(version, receiver)
     print(f"\n{len(VERSIONS) - len(failed)} of {len(VERSIONS)} macmon formats delivered "
           f"in {time.monotonic() - started:.1f}s")
-    return 1 if failed else 0
+    ab_ok = run_ab()
+    print(f"\ndemo done in {time.monotonic() - started:.1f}s")
+    return 1 if failed or not ab_ok else 0
+
+
+def run_ab():
+    """tpw-ab against two stand-in clusters: the Mac at 100 tokens/s per stream drawing 40 W (SoC)
+    and 100 W (whole), the NVIDIA node at 200 tokens/s drawing 300 W (boards) and 400 W (node)."""
+    print("\ntpw-ab: the same prompts against a stand-in Mac and a stand-in NVIDIA node")
+    mac = Upstream(output_tokens=80, ttft_s=0.05, token_interval_s=0.01)
+    nvidia = Upstream(output_tokens=160, ttft_s=0.03, token_interval_s=0.005)
+    energy = EnergyStandin()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            done = subprocess.run([sys.executable, TPW_AB, "run", "--target", f"mac={mac.url},mlx-qwen3,mac-exo",
+                                   "--target", f"nvidia={nvidia.url},qwen3,nvidia", "--energy-url", energy.url,
+                                   "--concurrency", "1,2", "--requests", "2", "--idle-seconds", "1",
+                                   "--energy-interval", "0.2", "--history", os.path.join(scratch, "history.sqlite")],
+                                  capture_output=True, text=True, timeout=120,
+                                  env={k: v for k, v in os.environ.items() if not k.startswith("TPW_AB_")})
+    finally:
+        for server in (mac, nvidia, energy):
+            server.stop()
+    print(done.stdout.replace(scratch, "(a scratch folder)") if done.returncode == 0 else done.stderr)
+    return done.returncode == 0
 
 
 if __name__ == "__main__":
