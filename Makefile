@@ -45,8 +45,11 @@ peers: ## install the system programs the tests use as real peers (sshd, systemd
 
 .PHONY: test
 test: lint peers ## install the dev tools into .venv and run every check
-	$(VPY) -m pytest -q -n $(TEST_WORKERS)
-	@$(MAKE) --no-print-directory test-py39
+	@# the Python 3.9 pass runs beside the main one (both mostly wait); its log follows the main one's
+	@$(MAKE) --no-print-directory test-py39 > $(VENV)/test-py39.log 2>&1 & py39=$$!; \
+	$(VPY) -m pytest -q -n $(TEST_WORKERS); main=$$?; \
+	wait $$py39; other=$$?; cat $(VENV)/test-py39.log; \
+	test $$main -eq 0 && test $$other -eq 0
 
 .PHONY: ab
 ab: ## tpw-ab: the same prompts against both clusters (ARGS="run --target ..."; `make ab` alone: its help)

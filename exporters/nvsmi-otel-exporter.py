@@ -979,8 +979,11 @@ class OtlpHttpClient:
         reused = self.sock is not None
         outcome = self.attempt(data, timeout)
         if reused and outcome.status in ("connection_reset", "broken_pipe"):
-            # The collector closed an idle kept-alive connection; that is not an outage.
+            # The collector closed an idle kept-alive connection; that is not an outage. If the
+            # request had gone out whole, it may still have been stored: the answer says so.
+            unanswered = outcome.unanswered
             outcome = self.attempt(data, timeout)
+            outcome.unanswered = outcome.unanswered or unanswered
         return outcome
 
     def connect(self, timeout):
@@ -1341,6 +1344,9 @@ class Sender(threading.Thread):
                         outcome.rejected, outcome.detail or "(no message)")
             with self.stats.lock:
                 self.stats.points_dropped["rejected"] += outcome.rejected
+        if outcome.unanswered:  # delivered, after an attempt in the same post that got no answer
+            for sample in batch:
+                sample.unanswered += 1
         self.stats.delivered(batch)
         if self.outage_since is not None:
             self.outage_late += len(batch)

@@ -348,7 +348,7 @@ def test_an_answer_that_never_came_is_resent_and_counted(receiver):
 
 @pytest.mark.slow
 def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
-    """Tens of thousands of samples with faults switched at random: read = delivered + dropped,
+    """Over ten thousand samples with faults switched at random: read = delivered + dropped,
     and resident memory stays flat."""
     import random
     import threading
@@ -379,7 +379,7 @@ def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
     for t in threads:
         t.start()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(receiver.series("mac.power.total")) < 20000:
+    while time.monotonic() < deadline and len(receiver.series("mac.power.total")) < 12000:
         time.sleep(0.5)
     stop.set()
     for t in threads:
