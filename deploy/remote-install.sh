@@ -363,7 +363,7 @@ main() {
     need_cmd launchctl "this does not look like macOS (kind 'mac' in deploy/hosts?)"
   fi
   if [ "$TPW_KIND" = linux ] && [ "$action" != uninstall ]; then
-    need_cmd systemctl "this host has no systemd; run the exporter by hand (see the README)"
+    need_cmd systemctl "this host has no systemd; run the exporter by hand (see docs/deploy.md)"
   fi
   case "$action" in
     install) do_install ;;

@@ -85,7 +85,7 @@ RAPL_METRICS = [
 # above and below defines SERVICE_NAME, SCOPE_NAME, DEFAULT_CLUSTER, SOURCE_NAME,
 # SOURCE_METRICS and the Source class used by main().
 
-# Exit codes: documented in --help and the README.
+# Exit codes: documented in --help and docs/exporters.md.
 EXIT_OK = 0
 EXIT_INTERNAL = 1       # a bug: please report it with the log
 EXIT_USAGE = 2          # bad flag, bad value, bad endpoint URL

@@ -173,7 +173,7 @@ def test_transform_processors_ignore_errors_and_memory_is_above_the_spike():
 
 
 def test_readme_names_the_llama_swap_version_and_keeps_its_default_pattern():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = open(os.path.join(ROOT, "docs", "collector.md")).read()
     assert "v229" in readme and "upstream.ignorePaths" in readme
     assert r"'.*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$'" in readme and "'^/metrics$'" in readme
 
@@ -233,7 +233,7 @@ def test_litellm_excerpt():
     assert len(config["model_list"]) == 2
     text = open(os.path.join(OTELCOL, "litellm-config.yaml")).read()
     assert "LITELLM_OTEL_INTEGRATION_ENABLE_METRICS=true" in text
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = open(os.path.join(ROOT, "docs", "collector.md")).read()
     assert "LITELLM_OTEL_INTEGRATION_ENABLE_METRICS" in readme
 
 

@@ -218,9 +218,9 @@ def test_resource_precedence(macmon_mod, monkeypatch):
     assert attrs["cluster"] == "mac-exo" and "team" not in attrs
 
 
-def test_readme_configuration_table_lists_every_setting(macmon_mod, nvsmi_mod):
-    readme = open(os.path.join(os.path.dirname(MACMON_EXPORTER), "..", "README.md")).read()
-    table = readme.split("### Configuration", 1)[1].split("###", 1)[0]
+def test_the_configuration_table_lists_every_setting(macmon_mod, nvsmi_mod):
+    reference = open(os.path.join(os.path.dirname(MACMON_EXPORTER), "..", "docs", "exporters.md")).read()
+    table = reference.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     for module in (macmon_mod, nvsmi_mod):
         for flag, env, _default, _ in module.Source.SETTINGS + module.SHARED_SETTINGS:
             assert f"`{flag}`" in table and f"`{env}`" in table, (flag, env)

@@ -137,3 +137,14 @@ def test_the_exporters_leave_heavy_modules_unloaded(tmp_path):
     assert "json" in loaded and "socket" in loaded, done.stdout + done.stderr  # the probe saw a running exporter
     assert receiver.count("mac.power.total") >= 2  # and it was sending
     assert not loaded & {"hashlib", "_hashlib", "shutil", "random", "uuid", "encodings.idna", "unicodedata"}
+
+
+def test_the_readme_stays_short_and_every_docs_link_resolves():
+    import re
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert len(readme.encode()) <= 12 * 1024
+    for path in [os.path.join(ROOT, "README.md")] + [os.path.join(ROOT, "docs", f) for f in os.listdir(
+            os.path.join(ROOT, "docs"))]:
+        text = open(path).read()
+        for target in re.findall(r"\]\(([^)#:]+)\)", text):
+            assert os.path.exists(os.path.join(os.path.dirname(path), target)), (path, target)
