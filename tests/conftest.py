@@ -20,6 +20,8 @@ FAKE_MACMON = os.path.join(TOOLS, "fake-macmon")
 FAKE_NVSMI = os.path.join(TOOLS, "fake-nvidia-smi")
 MACMON_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "macmon")
 CAPTURES = os.path.normpath(os.path.join(ROOT, "..", "shared", "captures", "nvidia-smi"))
+# Our own capture of a real host (tests/tools/capture-nvidia-smi.sh, on an H200 with driver 580)
+OWN_CAPTURE = os.path.join(ROOT, "tests", "fixtures", "nvidia-smi", "captures", "linux-x86_64__nvidia-h200__580.159.04")
 # The interpreter the exporters run under in the tests: TPW_TEST_PYTHON=python3.9 runs the same
 # tests against the oldest supported Python (make test-py39).
 EXPORTER_PYTHON = os.environ.get("TPW_TEST_PYTHON") or sys.executable

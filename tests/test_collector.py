@@ -16,8 +16,8 @@ import urllib.parse
 import pytest
 import yaml
 from conftest import ROOT
+from deploy_lab import Lab
 from otlp_receiver import free_port
-from test_deploy import Lab
 
 OTELCOL = os.path.join(ROOT, "otelcol")
 PROFILES = ["signoz", "signoz+splunk", "all", "prometheus", "signoz+prometheus", "splunk+o11y+prometheus"]

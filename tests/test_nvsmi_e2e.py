@@ -5,16 +5,24 @@ import gzip
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import CAPTURES, EXPORTER_PYTHON, FAKE_NVSMI, NVSMI_EXPORTER, ExporterProcess, python39, run_cli
+from conftest import (
+    CAPTURES,
+    EXPORTER_PYTHON,
+    FAKE_NVSMI,
+    NVSMI_EXPORTER,
+    OWN_CAPTURE,
+    ExporterProcess,
+    python39,
+    run_cli,
+)
+from otlp_check import check_payload
 from otlp_receiver import free_port
 from rotel_peer import Rotel
-from test_otlp_payloads import check_payload
 
 
 def start(endpoint, *extra, **fake_env):
@@ -23,42 +31,6 @@ def start(endpoint, *extra, **fake_env):
     env.update(fake_env)
     return ExporterProcess([EXPORTER_PYTHON, NVSMI_EXPORTER, "--nvidia-smi", FAKE_NVSMI, "--interval", "1",
                             "--endpoint", endpoint, *extra], env)
-
-
-def fake(*args, **env):
-    return subprocess.run([FAKE_NVSMI, *args], env=dict(os.environ, **env), capture_output=True, text=True, timeout=10)
-
-
-# ---- the stand-in behaves like nvidia-smi
-
-def test_fake_unknown_field_fails_the_whole_query_on_stdout():
-    result = fake("--query-gpu=index,power.draw.instant", "--format=csv", FAKE_NVSMI_PROFILE="r470-maxwell-m6000")
-    assert result.returncode == 2
-    assert result.stdout == 'Field "power.draw.instant" is not a valid field to query.\n\n' and not result.stderr
-
-
-@pytest.mark.parametrize("code,needle", [(9, "couldn't communicate with the NVIDIA driver"),
-                                         (12, "couldn't find libnvidia-ml.so"), (15, "GPU is lost"),
-                                         (18, "Driver/library version mismatch")])
-def test_fake_exit_codes(code, needle):
-    result = fake("--query-gpu=index", "--format=csv", FAKE_NVSMI_EXIT=str(code))
-    assert result.returncode == code and needle in result.stdout
-
-
-def test_fake_header_keeps_units_with_nounits_and_renames_throttle():
-    result = fake("--query-gpu=index,power.draw,clocks_throttle_reasons.active", "--format=csv,nounits")
-    header, first = result.stdout.splitlines()[:2]
-    assert header == "index, power.draw [W], clocks_event_reasons.active"
-    assert first == "0, 44.05, 0x0000000000000001"
-
-
-def test_fake_loop_streams_with_interleaved_xid():
-    with pytest.raises(subprocess.TimeoutExpired) as info:
-        subprocess.run([FAKE_NVSMI, "--query-gpu=index,power.draw", "--format=csv,noheader,nounits", "-lms", "100"],
-                       env=dict(os.environ, FAKE_NVSMI_XID="1", FAKE_NVSMI_SPEED="10"), capture_output=True,
-                       timeout=0.5)
-    lines = info.value.stdout.decode().splitlines()
-    assert any("Xid" in line for line in lines) and sum(1 for line in lines if line[:1].isdigit()) >= 16
 
 
 # ---- the exporter
@@ -247,8 +219,6 @@ def test_list_metrics_and_isolated_run(tmp_path, receiver):
 
 # Our own capture of a real host (tests/tools/capture-nvidia-smi.sh, on an H200 with driver 580),
 # always here, and the third-party ones in ../shared/captures when that folder is.
-OWN_CAPTURE = os.path.join(os.path.dirname(FAKE_NVSMI), "..", "fixtures", "nvidia-smi", "captures",
-                           "linux-x86_64__nvidia-h200__580.159.04")
 CAPTURE_FILES = [os.path.join(OWN_CAPTURE, "capture.txt")] + (
     sorted(os.path.join(CAPTURES, f) for f in os.listdir(CAPTURES) if f.endswith(".txt"))
     if os.path.isdir(CAPTURES) else [])
@@ -308,40 +278,6 @@ def test_the_h200_capture_gives_the_series_the_real_host_gave():
 
     assert ours - own(ours) == real - own(real)
     assert own(real) <= own(ours)
-
-
-def capture_sections(path):
-    text = open(path).read()
-    pattern = r"^#{10,}\n# ([^\n]+)\n# \$ ([^\n]*)\n#{10,}\n(.*?)^# exit status: (\d+)\n"
-    return {m.group(1): (m.group(2), m.group(3), int(m.group(4))) for m in re.finditer(pattern, text, re.M | re.S)}
-
-
-@pytest.mark.parametrize("title", ["errors :: invalid field", "errors :: invalid GPU id"])
-def test_fake_fails_like_the_real_driver(title):
-    """The same command as on the real host: the same words on stdout and the same exit status."""
-    command, output, status = capture_sections(os.path.join(OWN_CAPTURE, "capture.txt"))[title]
-    args = command.split()[1:]
-    done = fake(*args)
-    assert (done.returncode, done.stdout.strip()) == (status, output.strip())
-
-
-def test_fake_loop_ends_on_a_signal_like_the_real_one():
-    """Real nvidia-smi 580 in a -lms loop: SIGTERM or SIGINT ends it with status 0 within a second
-    and no further row (signals.json). The exporter's shutdown relies on neither, but a stand-in
-    that died by the signal instead would hide a restart loop on an exit status 0."""
-    real = json.load(open(os.path.join(OWN_CAPTURE, "signals.json")))["loops"]
-    assert {(r["exit"], r["rows_after_signal"]) for r in real} == {(0, 0)}
-    assert max(r["seconds_to_exit"] for r in real) < 1
-    for sig in sorted({r["signal"] for r in real}):
-        proc = subprocess.Popen([FAKE_NVSMI, "--query-gpu=index,power.draw", "--format=csv,noheader,nounits",
-                                 "-lms", "2000"], stdout=subprocess.PIPE,
-                                env=dict(os.environ, FAKE_NVSMI_PROFILE="r535-v100x8"))
-        for _ in range(8):
-            proc.stdout.readline()  # the first round
-        proc.send_signal(getattr(signal, sig))
-        rest, _ = proc.communicate(timeout=5)
-        assert proc.returncode == 0, sig
-        assert rest.count(b"\n") < 8, "a whole round after the signal"
 
 
 def test_exits_4_when_the_driver_rejects_the_query(receiver, tmp_path):
