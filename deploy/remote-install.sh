@@ -48,7 +48,7 @@ install_file() {
     return
   fi
   say "update $dest"
-  eval "$flag=1"
+  printf -v "$flag" %s 1
   if [ "$DRY_RUN" = 1 ]; then return; fi
   mkdir -p "$(dirname "$dest")"
   cp "$src" "$dest.tpw-new"
@@ -187,7 +187,7 @@ install_signed_binary() {
   if [ ! -f "$dest" ] || [ "$(cat "$marker" 2>/dev/null)" != "$want" ]; then
     # Compare with the source hash recorded at install: signing rewrites the installed file.
     say "update $dest"
-    eval "$flag=1"
+    printf -v "$flag" %s 1
     if [ "$DRY_RUN" != 1 ]; then
       mkdir -p "$(dirname "$dest")"
       cp "$src" "$dest.tpw-new" && chmod 0755 "$dest.tpw-new" && mv -f "$dest.tpw-new" "$dest"
@@ -217,7 +217,7 @@ install_agent() {
   local plist_changed=0
   install_file "$rendered" "$AGENT_PLIST" 0644 plist_changed
   if [ "$plist_changed" = 1 ] || ! launchctl print "system/$AGENT_LABEL" >/dev/null 2>&1; then
-    LABEL="$AGENT_LABEL" SERVICE_FILE="$AGENT_PLIST" TPW_MODE=daemon launchd_reload
+    launchd_reload system "$AGENT_LABEL" "$AGENT_PLIST"
   elif [ "$CHANGED_AGENT" = 1 ]; then
     say "launchctl: restart $AGENT_LABEL"
     run launchctl kickstart -k "system/$AGENT_LABEL"
@@ -236,30 +236,29 @@ launchd_running() {
   launchctl print "$(launchd_domain)/$LABEL" 2>/dev/null | grep -q 'state = running'
 }
 
+# launchd_reload DOMAIN LABEL PLIST: the bootout / wait / enable / bootstrap dance.
 launchd_reload() {
-  local domain
-  domain="$(launchd_domain)"
-  say "launchctl: reload $LABEL in $domain"
-  run launchctl bootout "$domain/$LABEL" 2>/dev/null || true
+  local domain="$1" label="$2" plist="$3" waited=0
+  say "launchctl: reload $label in $domain"
+  run launchctl bootout "$domain/$label" 2>/dev/null || true
   if [ "$DRY_RUN" != 1 ]; then
     # bootout returns before the job is gone; bootstrap fails with EIO while it drains.
-    local waited=0
-    while launchctl print "$domain/$LABEL" >/dev/null 2>&1; do
-      [ "$waited" -ge 100 ] && err "$LABEL did not unload within 10 s; try: launchctl bootout $domain/$LABEL"
+    while launchctl print "$domain/$label" >/dev/null 2>&1; do
+      [ "$waited" -ge 100 ] && err "$label did not unload within 10 s; try: launchctl bootout $domain/$label"
       sleep 0.1; waited=$((waited + 1))
     done
   fi
-  run launchctl enable "$domain/$LABEL"
-  if ! run launchctl bootstrap "$domain" "$SERVICE_FILE"; then
+  run launchctl enable "$domain/$label"
+  if ! run launchctl bootstrap "$domain" "$plist"; then
     sleep 1
-    run launchctl bootstrap "$domain" "$SERVICE_FILE" || err "launchctl bootstrap failed; see: launchctl print $domain/$LABEL"
+    run launchctl bootstrap "$domain" "$plist" || err "launchctl bootstrap failed; see: launchctl print $domain/$label"
   fi
 }
 
 service_apply() {
   if [ "$TPW_KIND" = mac ]; then
     if [ "$CHANGED_SERVICE" = 1 ] || ! launchctl print "$(launchd_domain)/$LABEL" >/dev/null 2>&1; then
-      launchd_reload
+      launchd_reload "$(launchd_domain)" "$LABEL" "$SERVICE_FILE"
     elif [ "$CHANGED_PROGRAM" = 1 ] || ! launchd_running; then
       say "launchctl: restart $LABEL"
       run launchctl kickstart -k "$(launchd_domain)/$LABEL"
