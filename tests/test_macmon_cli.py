@@ -226,12 +226,17 @@ def test_the_configuration_table_lists_every_setting(macmon_mod, nvsmi_mod):
             assert f"`{flag}`" in table and f"`{env}`" in table, (flag, env)
 
 
-def test_exporter_none_reads_but_sends_nothing(receiver):
+def test_exporter_none_reads_but_sends_nothing(receiver, tmp_path):
     import time
 
     from conftest import start_macmon_exporter
-    exporter = start_macmon_exporter(receiver.url, env={"OTEL_METRICS_EXPORTER": "none"})
-    time.sleep(2)
+    printed = tmp_path / "printed"
+    exporter = start_macmon_exporter(receiver.url, env={"OTEL_METRICS_EXPORTER": "none"},
+                                     fake_env={"FAKE_MACMON_PRINTED": str(printed)})
+    deadline = time.monotonic() + 30  # on a loaded machine the first lines can take a while
+    while time.monotonic() < deadline and (not printed.exists() or len(printed.read_text().split()) < 3):
+        time.sleep(0.1)
+    time.sleep(0.3)
     assert exporter.stop() == 0
     assert receiver.requests == []
     assert "exporter none" in exporter.stderr and re.search(r"samples read [1-9]", exporter.stderr)
