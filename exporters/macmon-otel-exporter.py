@@ -165,7 +165,10 @@ def parse_key_values(text, what):
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{what}: '{item.split('=')[0]}...' is not key=value")
+            # Never echo the item: it may be a token (`Authorization: Bearer ...`, or the part of
+            # a token after a comma).
+            raise ConfigError(f"{what}: item {len(pairs) + 1} is not key=value (a header is written "
+                              f"Name=value, e.g. Authorization=Bearer%20<token>; a comma in a value is %2C)")
         pairs[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
     return pairs
 
@@ -174,9 +177,13 @@ def metrics_url(args):
     """OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is used as-is; a base endpoint gets v1/metrics appended."""
     if args.metrics_endpoint:
         url = args.metrics_endpoint
-    else:
-        url = args.endpoint.rstrip("/") + "/v1/metrics"
+    else:  # the signal path goes after the base path, before any query string (?tenant=lab)
+        base = urllib.parse.urlsplit(args.endpoint)
+        url = urllib.parse.urlunsplit(base._replace(path=base.path.rstrip("/") + "/v1/metrics"))
     parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("the endpoint holds credentials (user:password@); they would show in logs: put them in "
+                          "OTEL_EXPORTER_OTLP_HEADERS as Authorization=Basic%20<base64> instead")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"endpoint {url!r} is not an http:// or https:// URL; "
                           f"use e.g. --endpoint http://127.0.0.1:4318")
@@ -322,6 +329,14 @@ def finish_config(args):
             raise ConfigError(f"header {name!r} is not a valid HTTP header name/value (no spaces, no line breaks)")
     if args.certificate and not os.path.isfile(args.certificate):
         raise ConfigError(f"--certificate {args.certificate}: no such file")
+    if args.certificate:
+        import ssl  # only when a certificate is given
+        try:
+            ssl.create_default_context(cafile=args.certificate)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            why = getattr(exc, "reason", None) or exc
+            raise ConfigError(f"--certificate {args.certificate}: not a PEM CA bundle ({why}); "
+                              f"give the collector's CA certificate in PEM form")
     level = (args.log_level or "info").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level {args.log_level!r}: use debug, info, warning or error")
@@ -865,15 +880,17 @@ def parse_retry_after(value):
 
 
 def response_message(body):
-    """The collector's google.rpc.Status message, or the start of whatever it sent."""
+    """The collector's google.rpc.Status message, or the start of whatever it sent: on one line,
+    control characters escaped, at most 300 characters (it goes into our log lines, which
+    `make status` reads: it must never forge one)."""
     text = body.decode("utf-8", "replace").strip()
     try:
         document = json.loads(text)
         if isinstance(document, dict) and document.get("message"):
-            return str(document["message"])[:300]
+            text = str(document["message"])
     except ValueError:
         pass
-    return text[:300]
+    return json.dumps(text[:300], ensure_ascii=False)[1:-1]
 
 
 EMPTY_SUCCESS = (b"", b"{}", b'{"partialSuccess":{}}')  # the usual answers: no need to parse them
@@ -1382,11 +1399,12 @@ class Sender(threading.Thread):
         self.buffer.overflow_dropped = 0
 
     def wait_before_retry(self, outcome):
+        # The greater of the backoff and the collector's Retry-After, as the OTel SDKs do: a
+        # `Retry-After: 0` (or a date in the past) must not turn a retry loop into a flood.
+        delay = self.backoff * (0.8 + 0.4 * jitter())
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
         if outcome.retry_after is not None:
-            delay = min(outcome.retry_after, RETRY_AFTER_MAX_S)
-        else:
-            delay = self.backoff * (0.8 + 0.4 * jitter())
-            self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+            delay = max(delay, min(outcome.retry_after, RETRY_AFTER_MAX_S))
         if self.stopping.is_set():
             time.sleep(min(delay, self.remaining()))
         else:
@@ -1639,13 +1657,22 @@ def print_console(table, sample, out=None):
     """A readable rendering of one sample: what would be sent."""
     out = out or sys.stdout
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sample.time_ns / 1e9))
+    lines = []
     for name, point in sample.points:
         document = json.loads(point)
         value = document.get("asDouble", document.get("asInt"))
         attrs = " ".join(f"{a['key']}={list(a['value'].values())[0]}" for a in document.get("attributes", []))
         unit = table.by_name[name][0]
-        out.write(f"{stamp}Z  {name:<34} {value!s:>22} {unit:<10} {attrs}\n")
-    out.flush()
+        lines.append(f"{stamp}Z  {name:<34} {value!s:>22} {unit:<10} {attrs}\n")
+    try:
+        out.write("".join(lines))
+        out.flush()
+    except BrokenPipeError:  # `--console | head -1`: the reader is gone; stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        except (OSError, ValueError):
+            pass
+        raise KeyboardInterrupt
 
 
 class Exporter:
@@ -1943,8 +1970,8 @@ def main(argv=None):
             LOG.info("received %s: stopping", signal.Signals(signum).name)
             exporter.stop()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a closed terminal stops cleanly too
+            signal.signal(signum, on_signal)
         return exporter.run()
     except ConfigError as exc:
         sys.stderr.write(f"{SERVICE_NAME}: {exc}\n")

@@ -102,6 +102,7 @@ class Receiver:
         self.point_counts = collections.Counter()  # metric name -> accepted data points
         self.arrivals = []      # monotonic time of every metrics request, answered or not
         self.other_signals = collections.Counter()  # /v1/traces and /v1/logs requests
+        self.paths = []         # the path (and query) of every metrics request
         # accept | hang | 429 | 503 | 400 | 413 | partial | slow (store, then answer after hang_s)
         self.mode = "accept"
         self.retry_after = None
@@ -202,6 +203,7 @@ class Receiver:
         headers = {k.lower(): v for k, v in handler.headers.items()}
         self.arrivals.append(time.monotonic())
         with self.lock:
+            self.paths.append(handler.path)
             self.request_count += 1
             self.wire_bytes += len(raw)
         mode = self.mode
