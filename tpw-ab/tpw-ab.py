@@ -558,7 +558,7 @@ def fmt(value, digits=3):
 
 def table(run):
     rows = [("target", "cluster", "c", "ttft p50", "ttft p95", "itl p50", "tok/s/req", "tok/s all", "boundary",
-             "J/token", "tokens/J", "$/1M", "API/on-prem")]
+             "J/token", "+-%", "above idle", "tokens/J", "$/1M", "API/on-prem")]
     for r in run["results"]:
         energy = list(r["energy"].values()) or [None]
         for e in energy:
@@ -566,12 +566,16 @@ def table(run):
                          fmt(r["itl_s_p50"]), fmt(r["tokens_per_s_per_request_p50"]),
                          fmt(r.get("tokens_per_s_aggregate")),
                          e["boundary"] if e else "(no energy)", fmt(e and e["joules_per_token"]),
+                         fmt(e and e["joules"] and 100 * e["uncertainty_joules"] / e["joules"], 2),
+                         fmt(e and e.get("joules_per_token_above_idle")),
                          fmt(e and e["tokens_per_joule"]), fmt(e and e["cost_per_1m_tokens"], 2),
                          fmt(e and e["api_over_onprem"], 3)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     currency = run["settings"]["currency"]
+    lines.append("J/token over the steady window; +-%: what the exporters' sample gaps at its edges leave unknown; "
+                 "above idle: less the idle baseline's watts")
     lines.append(f"$ = {currency} at {run['settings']['price_per_kwh']}/kWh; API/on-prem: an API at "
                  f"{run['settings']['api_price_per_1m']} {currency} per 1M output tokens over this electricity "
                  f"(above 1: cheaper here)")
