@@ -319,3 +319,21 @@ def test_make_demo_ends_with_the_answer():
         assert needle in table, needle
     rows = [line.split() for line in table.splitlines() if line.startswith(("mac ", "nvidia "))]
     assert len(rows) == 8  # 2 targets x 2 concurrencies x 2 boundaries
+
+
+def test_an_energy_endpoint_that_disappears_mid_run_is_noted_and_the_run_finishes(lab):
+    import threading
+
+    def pull_the_plug():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not lab["mac"].requests:
+            time.sleep(0.05)
+        lab["energy"].up = False
+    threading.Thread(target=pull_the_plug, daemon=True).start()
+    out = lab["tmp"] / "run.json"
+    result = tpw_ab(*run_args(lab, "--requests", "1", "--json", str(out)))
+    assert result.returncode == 0, result.stderr
+    run = json.loads(out.read_text())
+    assert any("energy endpoint failed" in note for note in run["notes"])
+    assert len(run["results"]) == 2 and all(r["failed"] == 0 for r in run["results"])
+    assert all(not r["energy"] and r["energy_missing"] for r in run["results"])
