@@ -1892,28 +1892,35 @@ def check_collector(args, report):
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-        address = infos[0][4][0]
-        report.ok("endpoint resolves", f"{parts.hostname} -> {address}")
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        report.ok("endpoint resolves", f"{parts.hostname} -> {', '.join(addresses)}")
     except socket.gaierror as exc:
         report.fail("endpoint resolves", f"{parts.hostname}: {exc.strerror}; check the host name in --endpoint")
         return None
-    try:
-        with socket.create_connection((address, port), timeout=args.timeout_s):
-            pass
-        report.ok("TCP connect", f"{address}:{port}")
-    except OSError as exc:
-        if exc.errno == errno.EHOSTUNREACH and sys.platform == "darwin":
-            try:
-                ifconfig = subprocess.run(["/sbin/ifconfig"], capture_output=True, text=True, timeout=5).stdout
-            except (OSError, subprocess.SubprocessError):
-                ifconfig = ""
-            if on_link_private(address, ifconfig):
-                report.fail("TCP connect", LOCAL_NETWORK_HINT.format(addr=address))
-                return None
-        report.fail("TCP connect", f"{address}:{port}: {exc.strerror or exc}; is the collector running and "
-                                   f"listening on that address?")
-        return None
-    return address
+    # Every address in turn, as the sender's connect does (`localhost` is ::1 first on macOS).
+    failures = []
+    for address in addresses:
+        try:
+            with socket.create_connection((address, port), timeout=args.timeout_s):
+                pass
+        except OSError as exc:
+            failures.append((address, exc))
+            continue
+        tried = f" (nothing on {', '.join(a for a, _e in failures)})" if failures else ""
+        report.ok("TCP connect", f"{address}:{port}{tried}")
+        return address
+    address, exc = failures[0]
+    if exc.errno == errno.EHOSTUNREACH and sys.platform == "darwin":
+        try:
+            ifconfig = subprocess.run(["/sbin/ifconfig"], capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            ifconfig = ""
+        if on_link_private(address, ifconfig):
+            report.fail("TCP connect", LOCAL_NETWORK_HINT.format(addr=address))
+            return None
+    tried = ", ".join(f"{a}:{port}: {e.strerror or e}" for a, e in failures)
+    report.fail("TCP connect", f"{tried}; is the collector running and listening on that address?")
+    return None
 
 
 def run_check(args, source):

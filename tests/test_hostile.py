@@ -91,3 +91,30 @@ def test_negative_nvidia_readings_are_left_out(nvsmi_mod):
     names = {name for name, _ in source.points(1_000_000_000, row)}
     assert "gpu.power.board" not in names and "gpu.temp.core" not in names and "gpu.memory.used" not in names
     assert {"gpu.memory.total", "gpu.utilization.gpu"} <= names
+
+
+def test_check_tries_every_address_a_name_resolves_to(macmon_mod, receiver, monkeypatch, capsys):
+    """`localhost` resolves to ::1 first on macOS; a collector on 127.0.0.1 only must still pass
+    --check's TCP connect (D13). The resolver's answer is the part faked: this machine's is fixed."""
+    import argparse
+    import socket
+
+    from otlp_receiver import free_port
+    dead = free_port()  # nothing listens there: stands for the ::1 that comes first
+    real = socket.getaddrinfo
+
+    def resolver(host, port, *args, **kwargs):
+        if host == "collector.lab":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    report = macmon_mod.CheckReport()
+    args = argparse.Namespace(url=f"http://collector.lab:{receiver.port}/v1/metrics", timeout_s=2.0)
+    assert macmon_mod.check_collector(args, report) == "127.0.0.1"
+    out = capsys.readouterr().out
+    assert "OK    TCP connect: 127.0.0.1" in out and "nothing on 127.0.0.2" in out
+    args = argparse.Namespace(url=f"http://collector.lab:{dead}/v1/metrics", timeout_s=2.0)
+    assert macmon_mod.check_collector(args, macmon_mod.CheckReport()) is None
+    out = capsys.readouterr().out
+    assert f"127.0.0.2:{dead}" in out and f"127.0.0.1:{dead}" in out and "is the collector running" in out
