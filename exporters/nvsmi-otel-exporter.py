@@ -1120,7 +1120,7 @@ class OtlpHttpClient:
         """(status, {lower-case header: value}, body) of one HTTP/1.x response."""
         lines = self.read_head().split(b"\n")
         parts = lines[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (parts[1].isdigit() and len(parts[1]) == 3):
             raise BadResponse(f"not an HTTP response: {lines[0][:60]!r}")
         status = int(parts[1])
         headers = {}
@@ -1157,8 +1157,9 @@ class OtlpHttpClient:
             if not self.receive():
                 if not self.pending:
                     raise ConnectionResetError(errno.ECONNRESET, "the collector closed the connection")
-                head, self.pending = self.pending, b""  # closed before the blank line: take what came
-                return head
+                # Closed before the end of the head (`HTTP/1.1 50`): no answer came, so this is a
+                # connection lost before an answer, retried, never a status to act on.
+                raise ConnectionResetError(errno.ECONNRESET, "the collector closed the connection mid-answer")
 
     def read_exactly(self, size):
         """size bytes, or fewer when the connection ends first."""
