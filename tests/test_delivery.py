@@ -408,6 +408,9 @@ def test_soak_with_random_faults_accounts_for_every_sample(tmp_path):
     b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n{}",             # a length that is not a number
     b"SSH-2.0-OpenSSH_9.2\r\n",                                       # not HTTP at all
     b"",                                                              # closed without a word
+    b"HTTP/1.1 50",                                                   # closed inside the status line (#14 D18)
+    b"HTTP/1.1 200 OK\r\nContent-Le",                                 # closed inside the head
+    b"HTTP/1.1 5000 Odd\r\n\r\n",                                     # not a three-digit status
 ])
 def test_malformed_collector_answers_are_retried_not_raised(macmon_mod, answer):
     import socket
@@ -433,3 +436,4 @@ def test_malformed_collector_answers_are_retried_not_raised(macmon_mod, answer):
     outcome = client.post('{"resourceMetrics":[]}')
     server.close()
     assert outcome.kind == "retry" and outcome.detail
+    assert outcome.unanswered  # the request went out whole: the retry may duplicate it, and is counted
