@@ -83,28 +83,25 @@ def signoz_title(item):
 
 def push_signoz(api, dashboard):
     """SigNoz 0.135+ answers 501 on the v1 dashboards API: use v2, whose POST and PUT take the
-    classic JSON and migrate it. A SigNoz without v2 (404) gets the v1 calls."""
+    classic JSON and migrate it. A SigNoz without v2 (404) gets the same calls on v1."""
     listing = api.call("GET", "/api/v2/dashboards?limit=1000")
     if listing is None and not api.dry_run:
-        return push_signoz_v1(api, dashboard)
-    found = [d for d in signoz_items(listing or {}) if signoz_title(d) == dashboard["title"]]
-    if found:
-        uuid = found[0].get("id") or found[0].get("uuid")
-        api.call("PUT", f"/api/v2/dashboards/{uuid}", body=dashboard)
-        return f"updated SigNoz dashboard {uuid}"
-    api.call("POST", "/api/v2/dashboards", body=dashboard)
-    return "created the SigNoz dashboard"
+        listing = api.call("GET", "/api/v1/dashboards") or {}
+        # v1 lists a numeric id beside the uuid its paths take
+        return push_signoz_to(api, dashboard, listing, "/api/v1/dashboards", ("uuid", "id"),
+                              " (v1 API, SigNoz before 0.135)")
+    return push_signoz_to(api, dashboard, listing or {}, "/api/v2/dashboards", ("id", "uuid"), "")
 
 
-def push_signoz_v1(api, dashboard):
-    listing = api.call("GET", "/api/v1/dashboards") or {}
+def push_signoz_to(api, dashboard, listing, path, id_keys, which):
+    """Update the dashboard with this title in place, or create it."""
     found = [d for d in signoz_items(listing) if signoz_title(d) == dashboard["title"]]
     if found:
-        uuid = found[0].get("uuid") or found[0].get("id")
-        api.call("PUT", f"/api/v1/dashboards/{uuid}", body=dashboard)
-        return f"updated SigNoz dashboard {uuid} (v1 API, SigNoz before 0.135)"
-    api.call("POST", "/api/v1/dashboards", body=dashboard)
-    return "created the SigNoz dashboard (v1 API, SigNoz before 0.135)"
+        uuid = next((found[0][key] for key in id_keys if found[0].get(key)), None)
+        api.call("PUT", f"{path}/{uuid}", body=dashboard)
+        return f"updated SigNoz dashboard {uuid}{which}"
+    api.call("POST", path, body=dashboard)
+    return f"created the SigNoz dashboard{which}"
 
 
 def push_splunk(api, definition):
