@@ -122,6 +122,16 @@ def run_cli(path, *args, env=None, timeout=30, python=None, cwd=None):
                           text=True, timeout=timeout, cwd=cwd)
 
 
+def stop_process(proc, grace_s=10):
+    """SIGTERM, then SIGKILL if it has not ended within grace_s: how every peer the tests start ends."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def need_peer(command, package):
     """Skip (one line naming the package) when a system program the test runs as a real peer is
     missing; with TPW_REQUIRE_PEERS=1 (.ci/run) that is a failure instead, so CI never skips it."""

@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 import yaml
+from conftest import stop_process
 from otlp_receiver import free_port
 
 LITELLM = os.path.join(os.path.dirname(sys.executable), "litellm")
@@ -66,10 +67,5 @@ class LiteLLM:
             return answer.read().decode()
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 15)
         self.handle.close()

@@ -7,6 +7,7 @@ import time
 import urllib.parse
 import urllib.request
 
+from conftest import stop_process
 from otlp_receiver import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -58,10 +59,5 @@ class Prometheus:
             return json.load(exc)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()

@@ -4,6 +4,7 @@ import re
 import subprocess
 import time
 
+from conftest import stop_process
 from otlp_receiver import free_port
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -35,12 +36,7 @@ class Rotel:
         return ANSI.sub("", self.log.read_text())
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.handle.close()
 
     def metrics(self):

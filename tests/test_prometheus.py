@@ -13,15 +13,14 @@ The workload runs in compressed time, from the moment the endpoint starts (t = 0
 So over any window: tokens per joule 1.5 (Mac SoC), 0.75 (Mac node), 1.3 (GPU boards), 1.0
 (NVIDIA node), and $ per 1k tokens = joules per token x 1000 / 3.6e6 x the price.
 """
-import http.server
 import json
 import os
 import re
-import threading
 import time
 
 import pytest
 from conftest import ROOT, need_peer
+from standin_http import prometheus_page_handler, start_server
 
 WINDOW_S = 15
 PRICE, API_PRICE = 0.30, 0.60
@@ -41,22 +40,7 @@ class GatewayEndpoint:
         self.start = time.time()
         self.restarted_base = None  # m2's new counters count from the moment of its last point
         self.last_served = None
-        endpoint = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                body = endpoint.page().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = start_server(prometheus_page_handler(self.page))
 
     @property
     def target(self):

@@ -6,10 +6,10 @@ sample stamped with the time it was read (send_timestamps).
     python3 tests/tools/energy_standin.py --port 8889
 """
 import argparse
-import http.server
 import sys
-import threading
 import time
+
+from standin_http import prometheus_page_handler, start_server, wait_for_ctrl_c
 
 # What each (cluster, boundary) wattage drives: (metric, labels, share of the watts)
 DEFAULT_WATTS = {"mac-exo:soc": 40.0, "mac-exo:node": 100.0, "nvidia:board": 300.0, "nvidia:packages": 100.0}
@@ -20,29 +20,8 @@ class EnergyStandin:
         self.watts = dict(DEFAULT_WATTS, **(watts or {}))
         self.start = time.time()
         self.up = True
-        standin = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if not standin.up:
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = standin.page().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = start_server(prometheus_page_handler(self.page, lambda: self.up), host, port)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
     def url(self):
@@ -82,12 +61,7 @@ def main():
     parser.add_argument("--port", type=int, default=8889)
     args = parser.parse_args()
     standin = EnergyStandin(port=args.port)
-    print(f"serving {standin.url} (Ctrl-C to stop)", file=sys.stderr)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
+    return wait_for_ctrl_c(f"serving {standin.url} (Ctrl-C to stop)")
 
 
 if __name__ == "__main__":

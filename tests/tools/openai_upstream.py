@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 
+from standin_http import start_server, wait_for_ctrl_c
+
 
 class Upstream:
     def __init__(self, output_tokens=10, ttft_s=0.0, token_interval_s=0.0, host="127.0.0.1", port=0,
@@ -55,10 +57,8 @@ class Upstream:
                 else:
                     upstream.complete(self, body)
 
-        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = start_server(Handler, host, port)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
     def url(self):
@@ -145,12 +145,7 @@ def main():
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between tokens")
     args = parser.parse_args()
     upstream = Upstream(args.tokens, args.ttft, args.interval, port=args.port)
-    print(f"serving {upstream.url}/chat/completions (Ctrl-C to stop)", file=sys.stderr)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
+    return wait_for_ctrl_c(f"serving {upstream.url}/chat/completions (Ctrl-C to stop)")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from standin_http import start_server, wait_for_ctrl_c
+
 
 class Point:
     """One decoded data point with what identifies its series."""
@@ -148,11 +150,8 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(data)
 
-        server = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self.server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = start_server(Handler, self.host, self.port)
+        self.port = self.server.server_address[1]
 
     def stop(self):
         """Close the port: new connections are refused until start()."""
@@ -353,12 +352,7 @@ def main():
     receiver = Receiver(args.port)
     receiver.on_point = lambda p: print(f"{p.metric:<32} {p.value!s:>22} {p.unit:<10} "
                                         f"{p.resource.get('host.name', '')} {p.attributes or ''}", flush=True)
-    print(f"listening on {receiver.url}/v1/metrics (Ctrl-C to stop)", file=sys.stderr)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
+    return wait_for_ctrl_c(f"listening on {receiver.url}/v1/metrics (Ctrl-C to stop)")
 
 
 if __name__ == "__main__":
