@@ -2,16 +2,18 @@
 """macmon-otel-exporter: Apple-silicon power, temperature and load as OTLP/JSON metrics.
 
 Runs one long-lived `macmon -i <ms> pipe` child (macmon ships inside EXO.app and Homebrew),
-turns each JSON line into data points (mac.power.*, mac.energy.*, mac.temp.*, ...) and sends
-them to an OpenTelemetry Collector over OTLP/HTTP with JSON encoding.
+turns each JSON line into readings (mac.power.*, mac.energy.*, mac.temp.*, ...) and sends them
+to an OpenTelemetry Collector over OTLP/HTTP with JSON encoding.
 
 One file, Python standard library only, Python 3.9+ (macOS /usr/bin/python3 is 3.9.6):
 
     scp macmon-otel-exporter.py mac-studio:
     /usr/bin/python3 macmon-otel-exporter.py --endpoint http://ai-stack.local:4318
 
-Data flows one way: macmon child -> parse a sample -> build OTLP data points -> buffer -> send.
-Run with --help for every flag, its environment variable and its default.
+Read top to bottom: what this exporter sends and where macmon puts it (FIELDS), how macmon is
+found and started, how one line becomes readings (the Source class), then the shared core that
+buffers and sends (the same text in every exporter). Run with --help for every flag, its
+environment variable and its default.
 
 References: macmon pipe output v0.4.0..v0.9 (vladkens/macmon), OTLP/HTTP JSON
 (opentelemetry-proto docs/specification.md), OTEL_* variables (opentelemetry-specification).
@@ -46,38 +48,352 @@ SOURCE_NAME = "macmon"
 
 GAUGE, SUM = "gauge", "sum"
 
-# The series users' dashboards and alerts depend on: name, unit, kind, description.
-SOURCE_METRICS = [
-    ("mac.power.total", "W", GAUGE, "SoC power: CPU + GPU + ANE (macmon all_power)"),
-    ("mac.power.cpu", "W", GAUGE, "CPU power (macmon cpu_power)"),
-    ("mac.power.gpu", "W", GAUGE, "GPU power (macmon gpu_power)"),
-    ("mac.power.ane", "W", GAUGE, "Neural Engine power (macmon ane_power)"),
-    ("mac.power.ram", "W", GAUGE, "DRAM power (macmon ram_power, macmon 0.4.2+)"),
-    ("mac.power.system", "W", GAUGE, "Whole-machine power from SMC PSTR (macmon sys_power)"),
-    ("mac.power.gpu_ram", "W", GAUGE, "GPU SRAM power (macmon gpu_ram_power, macmon 0.4.2+)"),
-    ("mac.temp.cpu", "Cel", GAUGE, "Average CPU temperature (macmon temp.cpu_temp_avg)"),
-    ("mac.temp.gpu", "Cel", GAUGE, "Average GPU temperature (macmon temp.gpu_temp_avg)"),
-    ("mac.gpu.usage", "1", GAUGE, "GPU busy ratio 0-1 (gpu_scaled_ratio, gpu_usage_ratio or gpu_usage[1])"),
-    ("mac.cpu.ecpu_usage", "1", GAUGE, "E-cluster busy ratio 0-1 (ecpu_scaled_ratio, _usage_ratio or ecpu_usage[1])"),
-    ("mac.cpu.pcpu_usage", "1", GAUGE, "P-cluster busy ratio 0-1 (pcpu_scaled_ratio, _usage_ratio or pcpu_usage[1])"),
-    ("mac.memory.ram_used", "By", GAUGE, "RAM in use (macmon memory.ram_usage)"),
-    ("mac.memory.ram_total", "By", GAUGE, "Installed RAM (macmon memory.ram_total)"),
-    ("mac.memory.swap_used", "By", GAUGE, "Swap in use (macmon memory.swap_usage)"),
-    ("mac.memory.swap_total", "By", GAUGE, "Swap size (macmon memory.swap_total)"),
-    ("mac.energy.total", "J", SUM, "SoC energy: mac.power.total integrated over the sample windows"),
-    ("mac.energy.cpu", "J", SUM, "CPU energy: mac.power.cpu integrated over the sample windows"),
-    ("mac.energy.gpu", "J", SUM, "GPU energy: mac.power.gpu integrated over the sample windows"),
-    ("mac.energy.ane", "J", SUM, "ANE energy: mac.power.ane integrated over the sample windows"),
-    ("mac.energy.ram", "J", SUM, "DRAM energy: mac.power.ram integrated over the sample windows"),
-    ("mac.energy.system", "J", SUM, "Whole-machine energy: mac.power.system integrated over the sample windows"),
+
+# ---------------------------------------------------------------- macmon: what is sent, from where
+
+# One row per series; adding a series is adding a row. Columns: metric name, unit, where macmon
+# puts the value, how to read it (a function below), the energy series integrated from it
+# (name, label) or None, description. The metric table, the parser and the energy counters all
+# come from here.
+FIELDS = [
+    ("mac.power.total", "W", "all_power", "watts", ("mac.energy.total", "SoC energy"),
+     "SoC power: CPU + GPU + ANE (macmon all_power)"),
+    ("mac.power.cpu", "W", "cpu_power", "watts", ("mac.energy.cpu", "CPU energy"), "CPU power (macmon cpu_power)"),
+    ("mac.power.gpu", "W", "gpu_power", "watts", ("mac.energy.gpu", "GPU energy"), "GPU power (macmon gpu_power)"),
+    ("mac.power.ane", "W", "ane_power", "watts", ("mac.energy.ane", "ANE energy"),
+     "Neural Engine power (macmon ane_power)"),
+    ("mac.power.ram", "W", "ram_power", "watts", ("mac.energy.ram", "DRAM energy"),
+     "DRAM power (macmon ram_power, macmon 0.4.2+)"),
+    ("mac.power.system", "W", "sys_power", "system_watts", ("mac.energy.system", "Whole-machine energy"),
+     "Whole-machine power from SMC PSTR (macmon sys_power)"),
+    ("mac.power.gpu_ram", "W", "gpu_ram_power", "watts", None, "GPU SRAM power (macmon gpu_ram_power, macmon 0.4.2+)"),
+    ("mac.temp.cpu", "Cel", "temp.cpu_temp_avg", "celsius", None, "Average CPU temperature (macmon temp.cpu_temp_avg)"),
+    ("mac.temp.gpu", "Cel", "temp.gpu_temp_avg", "celsius", None, "Average GPU temperature (macmon temp.gpu_temp_avg)"),
+    ("mac.gpu.usage", "1", "gpu", "usage", None,
+     "GPU busy ratio 0-1 (gpu_scaled_ratio, gpu_usage_ratio or gpu_usage[1])"),
+    ("mac.cpu.ecpu_usage", "1", "ecpu", "usage", None,
+     "E-cluster busy ratio 0-1 (ecpu_scaled_ratio, _usage_ratio or ecpu_usage[1])"),
+    ("mac.cpu.pcpu_usage", "1", "pcpu", "usage", None,
+     "P-cluster busy ratio 0-1 (pcpu_scaled_ratio, _usage_ratio or pcpu_usage[1])"),
+    ("mac.memory.ram_used", "By", "ram_usage", "memory_bytes", None, "RAM in use (macmon memory.ram_usage)"),
+    ("mac.memory.ram_total", "By", "ram_total", "memory_bytes", None, "Installed RAM (macmon memory.ram_total)"),
+    ("mac.memory.swap_used", "By", "swap_usage", "memory_bytes", None, "Swap in use (macmon memory.swap_usage)"),
+    ("mac.memory.swap_total", "By", "swap_total", "memory_bytes", None, "Swap size (macmon memory.swap_total)"),
 ]
+
+SOURCE_METRICS = ([(name, unit, GAUGE, text) for name, unit, _key, _how, _energy, text in FIELDS]
+                  + [(energy[0], "J", SUM, f"{energy[1]}: {name} integrated over the sample windows")
+                     for name, _unit, _key, _how, energy, _text in FIELDS if energy])
+ENERGY_OF = {name: energy[0] for name, _unit, _key, _how, energy, _text in FIELDS if energy}
+
+
+# ---------------------------------------------------------------- macmon: where it lives
+
+def macmon_candidates(explicit):
+    """Every place macmon may be, in the order they are tried."""
+    home = os.path.expanduser("~")
+    places = []
+    if explicit:
+        places.append(("--macmon", explicit))
+    for env in ("MACMON", "EXO_MACMON_PATH"):
+        if env_get(env):
+            places.append((f"${env}", env_get(env)))
+    if env_get("EXO_RUNTIME_DIR"):
+        runtime = env_get("EXO_RUNTIME_DIR")
+        places += [("EXO runtime", os.path.join(runtime, "_internal", "macmon")),
+                   ("EXO runtime", os.path.join(runtime, "macmon"))]
+    for apps in ("/Applications", os.path.join(home, "Applications")):
+        resources = os.path.join(apps, "EXO.app", "Contents", "Resources")
+        places += [("EXO.app", os.path.join(resources, "exo", "_internal", "macmon")),
+                   ("EXO.app", os.path.join(resources, "exo", "macmon")),
+                   ("EXO.app", os.path.join(resources, "macmon"))]
+    places += [("Homebrew", "/opt/homebrew/bin/macmon"),
+               ("Homebrew (Intel prefix)", "/usr/local/bin/macmon"),
+               ("cargo", os.path.join(home, ".cargo", "bin", "macmon"))]
+    return places
+
+
+def find_macmon(explicit):
+    looked = []
+    for label, path in macmon_candidates(explicit):
+        looked.append(path)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path, label
+        if label in ("--macmon", "$MACMON", "$EXO_MACMON_PATH"):
+            # An explicit choice that does not exist is a mistake worth naming, not skipping.
+            raise ConfigError(f"{label} points at {path}, which is not an executable file", EXIT_NO_SOURCE)
+    on_path = which("macmon")
+    if on_path:
+        return on_path, "PATH"
+    looked.append("PATH")
+    raise ConfigError("macmon not found; looked in: " + ", ".join(looked) +
+                      ". Install it (brew install macmon) or pass --macmon PATH", EXIT_NO_SOURCE)
+
+
+def macmon_version(path):
+    """(major, minor, patch) from `macmon --version`, or None when it cannot tell."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in found.groups()) if found else None
+
+
+# ---------------------------------------------------------------- macmon: one line -> readings
+
+TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+MINUTE_START = {}  # "YYYY-MM-DDTHH:MM" + zone -> Unix seconds; consecutive samples share a minute
+
+
+def parse_timestamp_ns(text):
+    """macmon's RFC 3339 time (0, 3, 6 or 9 fraction digits, +00:00) -> Unix ns. 3.9-safe."""
+    found = TIMESTAMP.match(text) if isinstance(text, str) else None
+    if not found:
+        raise ValueError(f"bad timestamp {text!r}")
+    minute, second, fraction, zone = found.groups()
+    key = minute + zone
+    seconds = MINUTE_START.get(key)
+    if seconds is None:
+        date, _, clock = minute.partition("T")
+        year, month, day = (int(x) for x in date.split("-"))
+        hour, mins = (int(x) for x in clock.split(":"))
+        seconds = calendar.timegm((year, month, day, hour, mins, 0, 0, 0, 0))
+        if zone != "Z":
+            sign = 1 if zone[0] == "+" else -1
+            seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+        if len(MINUTE_START) > 4:
+            MINUTE_START.clear()
+        MINUTE_START[key] = seconds
+    nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    return (seconds + int(second)) * 1_000_000_000 + nanos
+
+
+# How to read a field (the fourth column of FIELDS): (macmon document, key) -> value, or None
+# when macmon has no reading. A missing or unreadable reading is left out, never 0.
+
+def watts(document, key):
+    value = document.get(key)
+    return float(value) if finite(value) and value >= 0 else None
+
+
+def system_watts(document, key):
+    value = watts(document, key)
+    return value or None  # sys_power 0.0: the SMC PSTR key is unreadable on this Mac
+
+
+def celsius(document, path):
+    group, _, key = path.partition(".")
+    temp = document.get(group)
+    value = temp.get(key) if type(temp) is dict else None
+    return float(value) if finite(value) and value > 0 else None  # 0.0 or null: no sensor
+
+
+def usage(document, prefix):
+    """Prefer *_scaled_ratio (0.8.1+), then *_usage_ratio (0.8.0), then the legacy [MHz, ratio] pair."""
+    for value in (document.get(f"{prefix}_scaled_ratio"), document.get(f"{prefix}_usage_ratio")):
+        if finite(value):
+            return float(value)
+    legacy = document.get(f"{prefix}_usage")
+    if type(legacy) is list and len(legacy) > 1 and finite(legacy[1]):
+        return float(legacy[1])
+    return None
+
+
+def memory_bytes(document, key):
+    memory = document.get("memory")
+    if type(memory) is not dict:
+        return None
+    total = memory.get("ram_total")
+    if not (finite(total) and total):  # 0 total RAM: macmon could not read memory (seen on new chips)
+        return None
+    value = memory.get(key)
+    return int(value) if finite(value) and value >= 0 else None
+
+
+READERS = {"watts": watts, "system_watts": system_watts, "celsius": celsius, "usage": usage,
+           "memory_bytes": memory_bytes}
+FIELD_READERS = [(name, READERS[how], key) for name, _unit, key, how, _energy, _text in FIELDS]
+
+
+def readings_from(document):
+    """macmon JSON -> {metric name: value} of the readings macmon has."""
+    readings = {}
+    for name, read, key in FIELD_READERS:
+        value = read(document, key)
+        if value is not None:
+            readings[name] = value
+    return readings
+
+
+# A frozen channel (macOS 27 betas, macmon issue 76): without Apple's entitlement the CPU energy
+# counter stops, and macmon then reports cpu_power 0.0 W while the CPU is plainly busy. A power
+# domain that reads exactly 0.0 W for FROZEN_AFTER_S while its own usage is at least BUSY_RATIO
+# is a stopped counter, not a reading: its series (and mac.power.total, which includes it) are
+# left out until the channel moves again.
+FROZEN_AFTER_S = 60.0
+BUSY_RATIO = 0.05
+FREEZE_WATCH = [("mac.power.cpu", ("mac.cpu.ecpu_usage", "mac.cpu.pcpu_usage")),
+                ("mac.power.gpu", ("mac.gpu.usage",))]
+
+
+class FrozenChannels:
+    """Leaves out the readings of power channels that are frozen at 0.0 W (see FREEZE_WATCH)."""
+
+    def __init__(self):
+        self.zero_since = {}  # domain -> time (ns) its zeros under load began
+        self.frozen = set()
+
+    def filter(self, time_ns, readings):
+        for domain, usages in FREEZE_WATCH:
+            watts = readings.get(domain)
+            if watts is None:
+                continue
+            if watts != 0.0:
+                self.zero_since.pop(domain, None)
+                if domain in self.frozen:
+                    self.frozen.discard(domain)
+                    LOG.info("%s moves again (%.2f W): sending it again", domain, watts)
+                continue
+            if domain in self.frozen:
+                del readings[domain]
+                continue
+            usage = max(readings.get(name, 0.0) for name in usages)
+            if usage < BUSY_RATIO:
+                self.zero_since.pop(domain, None)
+                continue
+            since = self.zero_since.setdefault(domain, time_ns)
+            if time_ns - since >= FROZEN_AFTER_S * 1e9:
+                self.frozen.add(domain)
+                del readings[domain]
+                LOG.warning("%s has read exactly 0.0 W for %.0fs while usage is %.0f%%: the channel is frozen "
+                            "(macOS 27 betas, macmon issue 76), not idle; leaving it and mac.power.total out "
+                            "until it moves again", domain, (time_ns - since) / 1e9, usage * 100)
+        if self.frozen:
+            readings.pop("mac.power.total", None)  # it includes the frozen domain's share
+        return readings
+
+
+# ---------------------------------------------------------------- the Source contract
+# What the shared core below asks of a source (every exporter's Source class keeps it):
+#   Source(args)               made once from the parsed flags; DESCRIPTION and SETTINGS
+#                              ([(flag, environment variable, default, help), ...]) make its --help
+#   extra_metrics()            series beyond SOURCE_METRICS that it may send
+#   locate()                   find the binary, or raise ConfigError(message, EXIT_NO_SOURCE)
+#   command(interval)          the long-lived child's argv. Raising OSError means "cannot start it
+#                              now": the supervisor logs it, waits (1 s doubling to 30 s), tries again
+#   reset()                    a new child starts: its energy series start again (new start time)
+#   parse_line(line, read_ns)  None (a line without data) or (time ns, readings), a reading being
+#                              (metric, value, attributes, start ns or 0 for a gauge). Raising
+#                              ValueError skips the line: counted, and warned about once a minute
+#   starts_round()             whether the line just parsed began a round (one line for macmon, the
+#                              lowest GPU's row for nvidia-smi): the exporter's own series go there
+#   rows_per_interval()        lines per interval: sizes the buffer's default hour
+#   check(report, args)        --check's checks of the source; False when no sample can be taken
+
+class Source:
+    """macmon as the source of samples: finding it, its command line, and its lines."""
+
+    DESCRIPTION = ("Send Apple-silicon power, temperature and load from macmon to an OpenTelemetry "
+                   "Collector as OTLP/HTTP JSON metrics.")
+    SETTINGS = [("--macmon", "MACMON", None,
+                 "macmon binary; else $EXO_MACMON_PATH, EXO.app's copy, Homebrew, ~/.cargo/bin, PATH")]
+
+    def __init__(self, args):
+        self.args = args
+        self.path = None
+        self.version = None
+        self.frozen_channels = FrozenChannels()  # not reset with macmon: a frozen channel stays frozen
+        self.reset()
+
+    @staticmethod
+    def extra_metrics():
+        return []
+
+    @staticmethod
+    def rows_per_interval():
+        return 1
+
+    @staticmethod
+    def starts_round():
+        return True
+
+    def locate(self):
+        self.path, self.found_by = find_macmon(self.args.macmon)
+        self.version = macmon_version(self.path)
+        LOG.debug("macmon %s at %s (found via %s)", self.version, self.path, self.found_by)
+
+    def command(self, interval):
+        """`-i` before the subcommand works on every version; `pipe` needs 0.4.2+, `raw` before."""
+        if self.path is None:
+            self.locate()
+        subcommand = "raw" if self.version is not None and self.version < (0, 4, 2) else "pipe"
+        return [self.path, "-i", str(max(100, int(round(interval * 1000)))), subcommand]
+
+    def reset(self):
+        """A new macmon process starts new energy series (new start time)."""
+        self.energy = {}
+        self.previous_ns = None
+
+    def parse_line(self, line, read_ns):
+        line = line.strip()
+        if not line:
+            return None
+        if not line.startswith("{"):
+            raise ValueError("not a JSON object")
+        try:
+            document, end = STRICT_JSON.raw_decode(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON ({exc.msg})")
+        except RecursionError:
+            raise ValueError("invalid JSON (nested too deeply)")
+        if end != len(line):
+            raise ValueError("invalid JSON (extra data after the object)")
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        time_ns = parse_timestamp_ns(document["timestamp"]) if "timestamp" in document else read_ns
+        readings = readings_from(document)
+        if not readings:
+            raise ValueError("no known field")
+        return time_ns, self.readings_with_energy(time_ns, self.frozen_channels.filter(time_ns, readings))
+
+    def readings_with_energy(self, time_ns, readings):
+        """The gauges as readings, and each power integrated over its window into its energy series."""
+        seconds = window_seconds(self.previous_ns, time_ns, self.args.interval)
+        self.previous_ns = time_ns
+        out = [(name, value, (), 0) for name, value in readings.items()]
+        for gauge, energy in ENERGY_OF.items():
+            watts = readings.get(gauge)
+            if watts is None:
+                continue
+            counter = self.energy.get(energy)
+            if counter is None:
+                # The first window began one window before the first line.
+                counter = self.energy[energy] = EnergyCounter(time_ns - int(seconds * 1e9))
+            out.append((energy, counter.add(watts, seconds), (), counter.start_ns))
+        return out
+
+    def check(self, report, args):
+        try:
+            self.locate()
+        except ConfigError as exc:
+            report.fail("macmon found", str(exc))
+            return False
+        version = ".".join(map(str, self.version)) if self.version else "unknown version"
+        report.ok("macmon found", f"{self.path} ({self.found_by}), {version}")
+        return True
 
 
 # ===== BEGIN SHARED CORE: identical in every exporter; edit once, run `make sync` =====
 # Everything from here to END SHARED CORE is the same text in macmon-otel-exporter.py and
-# nvsmi-otel-exporter.py (tests/test_shared_core.py compares them). The exporter-specific code
-# above and below defines SERVICE_NAME, SCOPE_NAME, DEFAULT_CLUSTER, SOURCE_NAME,
-# SOURCE_METRICS and the Source class used by main().
+# nvsmi-otel-exporter.py (tests/test_shared_core.py holds both to the last synced copy). It needs
+# from the part above: SERVICE_NAME, SCOPE_NAME, DEFAULT_CLUSTER, SOURCE_NAME, SOURCE_METRICS and
+# the Source class, whose contract is written above it.
+#
+# The data flows one way:
+#   Supervisor (the source child's lines) -> Source.parse_line -> readings -> Sample -> SampleBuffer
+#   -> Sender thread -> encode_request (OTLP/JSON, only here) -> OtlpHttpClient -> the collector.
+# The Spool keeps the buffer's unsent samples on disk during an outage and at exit.
 
 # Exit codes: documented in --help and docs/exporters.md.
 EXIT_OK = 0
@@ -87,11 +403,12 @@ EXIT_NO_SOURCE = 3      # macmon / nvidia-smi not found
 EXIT_SOURCE_USAGE = 4   # the source rejected its arguments (exit 2): a configuration error
 EXIT_EXPORT_FAILED = 5  # --once / --check: the collector did not accept the data
 EXIT_ENV_FILE = 6       # --env-file missing, unreadable, malformed or readable by others
+EXIT_SPOOL_IN_USE = 7   # another exporter holds --spool-dir
 
 LOG = logging.getLogger(SERVICE_NAME)
 
 # Reasons a data point can be dropped; each is a value of the `reason` attribute.
-DROP_REASONS = ("buffer_full", "rejected", "too_large", "shutdown", "spool_full")
+DROP_REASONS = ("buffer_full", "rejected", "too_large", "shutdown", "spool_full", "out_of_range", "unencodable")
 
 SELF_METRICS = [
     ("exporter.samples.read", "{sample}", SUM, "Samples parsed from the source since the exporter started"),
@@ -116,7 +433,6 @@ class ConfigError(Exception):
 
 class SourceUsageError(Exception):
     """The source exited 2: it does not accept the arguments we gave it."""
-
 
 # ---------------------------------------------------------------- configuration
 
@@ -237,6 +553,8 @@ SHARED_SETTINGS = [
      "samples kept while the collector is away; default one hour of samples"),
     ("--spool-dir", "TPW_SPOOL_DIR", None, "keep unsent samples in this folder across restarts"),
     ("--spool-max-bytes", "TPW_SPOOL_MAX_BYTES", "52428800", "size bound of the spool file"),
+    ("--spool-every", "TPW_SPOOL_EVERY", "10",
+     "seconds between spool writes during an outage: the most a crash or SIGKILL can lose"),
     ("--batch-max", "TPW_BATCH_MAX", "500",
      "most samples in one export request (fewer where its body would pass 64 KiB)"),
     ("--self-report-interval", "TPW_SELF_REPORT_INTERVAL", "10",
@@ -266,7 +584,7 @@ def build_parser(source_settings, description):
         shown = "none" if default is None else default
         kwargs = {"dest": dest, "default": env_get(env, default),
                   "help": f"{text} [env {env}; default {shown}]"}
-        if flag in ("--interval", "--self-report-interval"):
+        if flag in ("--interval", "--self-report-interval", "--spool-every"):
             kwargs["type"] = interval_value
         elif flag in ("--buffer-max", "--batch-max", "--spool-max-bytes"):
             kwargs["type"] = positive_int
@@ -300,7 +618,8 @@ def exit_codes_help():
             f"  {EXIT_NO_SOURCE}  {SOURCE_NAME} not found (the message lists every place looked)\n"
             f"  {EXIT_SOURCE_USAGE}  {SOURCE_NAME} rejected its arguments (exit 2): configuration error\n"
             f"  {EXIT_EXPORT_FAILED}  --once/--check: the collector did not accept the data\n"
-            f"  {EXIT_ENV_FILE}  --env-file missing, malformed or readable by others\n")
+            f"  {EXIT_ENV_FILE}  --env-file missing, malformed or readable by others\n"
+            f"  {EXIT_SPOOL_IN_USE}  another exporter holds --spool-dir\n")
 
 
 def finish_config(args):
@@ -425,6 +744,129 @@ def name_based_uuid(namespace, name):
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+
+# ---------------------------------------------------------------- readings and samples
+#
+# A reading is (metric name, value, attributes, start time ns): attributes a tuple of (key, value)
+# pairs, start 0 for a gauge. A Sample holds the readings of one source line: its time, a layout
+# (the readings' name, attributes and start, shared by every sample of the same shape) and the
+# values. Samples hold numbers, never JSON: encoding happens once, when a request is built.
+
+MAX_INT64 = 2 ** 63 - 1
+# What a reading of each unit can plausibly be; anything past it (1e308 W, an overflowed counter)
+# is left out and counted, so that no value can break a request (OTLP has no Infinity, an asInt
+# is an int64). Units not listed are bounded by int64.
+UNIT_LIMITS = {"W": 1e6, "J": 1e18, "Cel": 1e3, "1": 1e6, "Hz": 1e12, "By": float(MAX_INT64)}
+MAX_WATTS = UNIT_LIMITS["W"]
+MAX_CLOCK_SKEW_NS = 86400 * 10 ** 9  # a sample stamped more than a day from its read time is a bad line
+
+
+def reject_constant(name):
+    raise ValueError(f"non-finite number {name}")
+
+
+STRICT_JSON = json.JSONDecoder(parse_constant=reject_constant)  # NaN and Infinity are not numbers here
+
+
+def finite(value):
+    """A real number: not a bool, not NaN, not infinite (inf - inf and nan - nan are NaN)."""
+    return type(value) in (int, float) and value - value == 0
+
+
+class MetricTable:
+    """Name -> (unit, kind, description) for every series this exporter can send."""
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+        self.by_name = {name: (unit, kind, text) for name, unit, kind, text in self.rows}
+        self.limits = {name: UNIT_LIMITS.get(unit, float(MAX_INT64)) for name, unit, _k, _t in self.rows}
+        self.headers = {name: self.encode_header(name) for name in self.by_name}
+
+    def as_json(self):
+        return [{"name": n, "unit": u, "type": "sum" if k == SUM else "gauge",
+                 "monotonic": k == SUM, "description": t} for n, u, k, t in self.rows]
+
+    def encode_header(self, name):
+        """The Metric object up to its dataPoints list, as JSON text (made once per metric)."""
+        unit, kind, text = self.by_name[name]
+        head = '{"name":%s,"description":%s,"unit":%s,' % (json_str(name), json_str(text), json_str(unit))
+        if kind == SUM:
+            return head + '"sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":['
+        return head + '"gauge":{"dataPoints":['
+
+    def plausible(self, name, value):
+        """A value of a known series, a number within what its unit can be (and int64 for an int)."""
+        limit = self.limits.get(name)
+        if limit is None or not finite(value):
+            return False
+        return -limit <= value <= limit
+
+
+LAYOUTS = {}  # every distinct sample shape, once: the buffer's samples share them
+
+
+class Sample:
+    """The readings of one source line (see above), waiting to be sent."""
+
+    __slots__ = ("time_ns", "layout", "values", "resource", "seq", "unanswered")
+
+    def __init__(self, time_ns, layout, values, resource=None):
+        self.time_ns = time_ns
+        self.layout = layout      # ((metric name, attributes, start ns), ...)
+        self.values = values      # (number, ...) in layout order
+        self.resource = resource  # encoded resource attributes; None: this run's
+        self.seq = 0              # set by the buffer: the order samples were read in
+        # Requests that carried this sample, went out whole and got no answer: the collector may
+        # have stored each, so each is a possible duplicate once the sample is delivered.
+        self.unanswered = 0
+
+    def readings(self):
+        return [(name, value, attributes, start) for (name, attributes, start), value in zip(self.layout, self.values)]
+
+
+def make_sample(time_ns, readings, table, resource=None):
+    """readings -> (Sample or None when nothing is left, readings left out as implausible)."""
+    keys, values = [], []
+    plausible = table.plausible
+    for name, value, attributes, start in readings:
+        if plausible(name, value):
+            keys.append((name, attributes, start))
+            values.append(value)
+    if not values:
+        return None, len(readings)
+    layout = tuple(keys)
+    shared = LAYOUTS.get(layout)
+    if shared is None:
+        if len(LAYOUTS) >= 4096:  # shapes that come and go (GPUs, restarts) must not pile up
+            LAYOUTS.clear()
+        shared = LAYOUTS[layout] = layout
+    return Sample(time_ns, shared, tuple(values), resource), len(readings) - len(values)
+
+
+class EnergyCounter:
+    """Power integrated over back-to-back sample windows: a monotonic cumulative Sum in joules."""
+
+    def __init__(self, start_ns):
+        self.start_ns = start_ns
+        self.joules = 0.0
+
+    def add(self, watts, seconds):
+        # An implausible power is not integrated: one absurd reading must not poison the series.
+        if 0 <= watts <= MAX_WATTS and 0 < seconds:
+            self.joules += watts * seconds
+        return self.joules
+
+
+def window_seconds(previous_ns, time_ns, interval):
+    """The real time a sample covers; an implausible gap (sleep, stall) counts as one interval."""
+    if previous_ns is None:
+        return interval
+    seconds = (time_ns - previous_ns) / 1e9
+    if 0.5 * interval <= seconds <= 2.0 * interval:
+        return seconds
+    return interval
+
+
 # ---------------------------------------------------------------- OTLP/JSON encoding
 
 def json_str(text):
@@ -457,9 +899,9 @@ def encode_attributes(pairs):
     return text
 
 
-def point_head(time_ns, attributes=(), start_ns=0):
-    """A NumberDataPoint up to its value (attributes, start, time): the points of one sample share it.
-    64-bit integers go as JSON strings."""
+def point_head(time_ns, attributes, start_ns):
+    """A NumberDataPoint up to its value; the readings of one sample with the same attributes
+    share it. 64-bit integers go as JSON strings."""
     head = '{"attributes":%s,' % encode_attributes(attributes) if attributes else "{"
     if start_ns:
         head += '"startTimeUnixNano":"%d",' % start_ns
@@ -473,107 +915,48 @@ def encode_value(head, value):
     return '%s"asDouble":%r}' % (head, float(value))
 
 
-def encode_point(time_ns, value, attributes=(), start_ns=0):
-    """One NumberDataPoint as JSON text; the value is always present."""
-    return encode_value(point_head(time_ns, attributes, start_ns), value)
+REQUEST_HEAD = '{"resourceMetrics":['
+SCOPE_METRICS = ('{"resource":{"attributes":%s},"scopeMetrics":[{"scope":{"name":' + json_str(SCOPE_NAME)
+                 + ',"version":' + json_str(__version__) + '},"metrics":[%s]}]}')
 
 
-SOURCE_GAUGES = [name for name, _unit, kind, _text in SOURCE_METRICS if kind == GAUGE]
-
-
-def encode_gauges(time_ns, readings, attributes=()):
-    """{metric name: value} of one sample -> [(metric name, data point JSON text), ...] in table
-    order. The hot path of every sample: the shared part of the points is formatted once."""
-    head = point_head(time_ns, attributes)
-    return [(name, encode_value(head, readings[name])) for name in SOURCE_GAUGES if name in readings]
-
-
-class MetricTable:
-    """Name -> (unit, kind, description) for every series this exporter can send."""
-
-    def __init__(self, rows):
-        self.rows = list(rows)
-        self.by_name = {name: (unit, kind, text) for name, unit, kind, text in self.rows}
-        self.headers = {name: self.encode_header(name) for name in self.by_name}
-
-    def as_json(self):
-        return [{"name": n, "unit": u, "type": "sum" if k == SUM else "gauge",
-                 "monotonic": k == SUM, "description": t} for n, u, k, t in self.rows]
-
-    def encode_header(self, name):
-        """The Metric object up to its dataPoints list, as JSON text (made once per metric)."""
-        unit, kind, text = self.by_name[name]
-        head = '{"name":%s,"description":%s,"unit":%s,' % (json_str(name), json_str(text), json_str(unit))
-        if kind == SUM:
-            return head + '"sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":['
-        return head + '"gauge":{"dataPoints":['
-
-
-def build_request(table, resource_json, samples):
-    """Many samples -> one ExportMetricsServiceRequest (JSON text), series grouped by metric name
-    (in the order they first appear: the order of metrics in a request carries no meaning)."""
-    grouped = {}
+def encode_request(table, resource_json, samples):
+    """Samples -> one ExportMetricsServiceRequest as JSON text, and the count of readings left out
+    because this version has no such metric (a spool from another version). Points are grouped
+    by resource, then by metric (in the order they first appear, which carries no meaning)."""
+    headers = table.headers
+    by_resource = {}
+    unknown = 0
     for sample in samples:
-        for name, point in sample.points:
+        grouped = by_resource.get(sample.resource or resource_json)
+        if grouped is None:
+            grouped = by_resource[sample.resource or resource_json] = {}
+        time_ns = sample.time_ns
+        heads = {}
+        for (name, attributes, start), value in zip(sample.layout, sample.values):
+            if name not in headers:
+                unknown += 1
+                continue
+            head = heads.get((attributes, start))
+            if head is None:
+                head = heads[(attributes, start)] = point_head(time_ns, attributes, start)
             points = grouped.get(name)
             if points is None:
-                grouped[name] = [point]
+                grouped[name] = [encode_value(head, value)]
             else:
-                points.append(point)
-    headers = table.headers
-    metrics = ",".join([headers[name] + ",".join(points) + "]}}" for name, points in grouped.items()])
-    return REQUEST_TEMPLATE % (resource_json, metrics)
-
-
-REQUEST_TEMPLATE = ('{"resourceMetrics":[{"resource":{"attributes":%s},"scopeMetrics":[{"scope":{"name":'
-                    + json_str(SCOPE_NAME) + ',"version":' + json_str(__version__) + '},"metrics":[%s]}]}]}')
-
-
-class Sample:
-    """One reading of the source: its time and its data points, already encoded as JSON text."""
-
-    __slots__ = ("time_ns", "points", "unanswered")
-
-    def __init__(self, time_ns, points):
-        self.time_ns = time_ns
-        self.points = points  # [(metric name, data point JSON text), ...]
-        # Requests that carried this sample, went out whole and got no answer: the collector may
-        # have stored each, so each is a possible duplicate once the sample is delivered.
-        self.unanswered = 0
-
-
-class EnergyCounter:
-    """Power integrated over back-to-back sample windows: a monotonic cumulative Sum in joules."""
-
-    def __init__(self, start_ns):
-        self.start_ns = start_ns
-        self.joules = 0.0
-
-    def add(self, watts, seconds):
-        if watts >= 0 and seconds > 0:
-            self.joules += watts * seconds
-        return self.joules
-
-
-def window_seconds(previous_ns, time_ns, interval):
-    """The real time a sample covers; an implausible gap (sleep, stall) counts as one interval."""
-    if previous_ns is None:
-        return interval
-    seconds = (time_ns - previous_ns) / 1e9
-    if 0.5 * interval <= seconds <= 2.0 * interval:
-        return seconds
-    return interval
-
-
-def finite(value):
-    """A real number: not a bool, not NaN, not infinite (inf - inf and nan - nan are NaN)."""
-    return type(value) in (int, float) and value - value == 0
+                points.append(encode_value(head, value))
+    parts = []
+    for resource, grouped in by_resource.items():
+        metrics = ",".join([headers[name] + ",".join(points) + "]}}" for name, points in grouped.items()])
+        parts.append(SCOPE_METRICS % (resource, metrics))
+    return REQUEST_HEAD + ",".join(parts) + "]}", unknown
 
 
 # ---------------------------------------------------------------- counters about ourselves
 
 class Stats:
-    """What the exporter did, for its own metrics and its log lines. Guarded by one lock."""
+    """What the exporter did, for its own series and its log lines. Its lock guards every counter;
+    the other parts only call its methods."""
 
     def __init__(self, start_ns):
         self.lock = threading.Lock()
@@ -590,10 +973,28 @@ class Stats:
         self.lines_skipped = 0
         self.send_errors = {}
 
+    def sample_read(self):
+        with self.lock:
+            self.samples_read += 1
+
+    def line_skipped(self):
+        with self.lock:
+            self.lines_skipped += 1
+
+    def source_restarted(self):
+        with self.lock:
+            self.source_restarts += 1
+
+    def points_left_out(self, reason, count):
+        """Data points dropped one by one (a partial rejection, an implausible reading)."""
+        if count:
+            with self.lock:
+                self.points_dropped[reason] = self.points_dropped.get(reason, 0) + count
+
     def dropped(self, reason, samples):
         with self.lock:
             self.samples_dropped[reason] = self.samples_dropped.get(reason, 0) + len(samples)
-            self.points_dropped[reason] = self.points_dropped.get(reason, 0) + sum(len(s.points) for s in samples)
+            self.points_dropped[reason] = self.points_dropped.get(reason, 0) + sum(len(s.values) for s in samples)
             # given up on, but a request that carried them went out and got no answer: they may be there
             self.dropped_unanswered += sum(s.unanswered for s in samples)
 
@@ -601,29 +1002,29 @@ class Stats:
         resent = [s for s in samples if s.unanswered]
         with self.lock:
             self.samples_delivered += len(samples)
-            self.points_sent += sum(len(s.points) for s in samples)
+            self.points_sent += sum(len(s.values) for s in samples)
             self.samples_resent += sum(s.unanswered for s in resent)
-            self.points_resent += sum(len(s.points) * s.unanswered for s in resent)
+            self.points_resent += sum(len(s.values) * s.unanswered for s in resent)
 
-    def send_error(self, kind):
+    def send_error(self, error_type):
         with self.lock:
-            self.send_errors[kind] = self.send_errors.get(kind, 0) + 1
+            self.send_errors[error_type] = self.send_errors.get(error_type, 0) + 1
 
-    def points(self, time_ns, buffered):
-        """The exporter.* data points to add to a sample taken at time_ns."""
+    def readings(self, buffered):
+        """The exporter.* readings, as of now."""
         start = self.start_ns
         with self.lock:
             out = [
-                ("exporter.samples.read", encode_point(time_ns, self.samples_read, (), start)),
-                ("exporter.datapoints.sent", encode_point(time_ns, self.points_sent, (), start)),
-                ("exporter.datapoints.resent", encode_point(time_ns, self.points_resent, (), start)),
-                ("exporter.buffer.samples", encode_point(time_ns, buffered)),
-                ("exporter.source.restarts", encode_point(time_ns, self.source_restarts, (), start)),
-                ("exporter.source.lines_skipped", encode_point(time_ns, self.lines_skipped, (), start)),
+                ("exporter.samples.read", self.samples_read, (), start),
+                ("exporter.datapoints.sent", self.points_sent, (), start),
+                ("exporter.datapoints.resent", self.points_resent, (), start),
+                ("exporter.buffer.samples", buffered, (), 0),
+                ("exporter.source.restarts", self.source_restarts, (), start),
+                ("exporter.source.lines_skipped", self.lines_skipped, (), start),
             ]
-            out += [("exporter.datapoints.dropped", encode_point(time_ns, n, (("reason", r),), start))
+            out += [("exporter.datapoints.dropped", n, (("reason", r),), start)
                     for r, n in sorted(self.points_dropped.items())]
-            out += [("exporter.send.errors", encode_point(time_ns, n, (("error.type", k),), start))
+            out += [("exporter.send.errors", n, (("error.type", k),), start)
                     for k, n in sorted(self.send_errors.items())]
         return out
 
@@ -639,29 +1040,25 @@ class Stats:
                     f"source restarts {self.source_restarts}")
 
 
-# ---------------------------------------------------------------- buffer and spool
+# ---------------------------------------------------------------- the buffer
 
 class SampleBuffer:
     """Unsent samples, oldest first, bounded. The sender takes a batch from the front ("in flight")
-    and either commits it (delivered or given up on) or releases it for a retry.
+    and either commits it (delivered or given up on) or releases it for a retry. Every sample gets
+    a sequence number as it comes in: the spool tells by it what is on disk and what is finished.
 
     A sender with nothing to do sleeps on a doorbell (a C-level queue) that add() rings once:
-    cheaper per sample than a threading.Condition, whose wait and notify run in Python.
-
-    A sender that is idle on a healthy connection "parks": then the sampling thread sends what it
-    has read itself, right before it waits for the source again (Sender.send_inline), and hands
-    anything unusual back. In the steady state that saves a thread hand-off per sample."""
+    cheaper per sample than a threading.Condition, whose wait and notify run in Python."""
 
     def __init__(self, max_samples, stats):
         self.max_samples = max_samples
         self.stats = stats
         self.samples = deque()
         self.in_flight = 0
+        self.next_seq = 1
         self.lock = threading.Lock()
         self.doorbell = queue.SimpleQueue()
         self.sender_waiting = False
-        self.parked = False
-        self.handed = None  # (batch, stage, outcome) the sampling thread gave back to the sender
         self.closing = False  # the sender is stopping: take() no longer waits for samples
         self.overflowing = False
         self.overflow_dropped = 0
@@ -672,6 +1069,8 @@ class SampleBuffer:
 
     def add(self, sample):
         with self.lock:
+            sample.seq = self.next_seq
+            self.next_seq += 1
             self.samples.append(sample)
             while len(self.samples) > self.max_samples and len(self.samples) > self.in_flight:
                 # Drop the oldest sample that is not in flight, so a batch being sent stays intact.
@@ -687,41 +1086,20 @@ class SampleBuffer:
         if ring:
             self.doorbell.put(None)
 
+    def prepend(self, samples):
+        """Samples recovered from the spool go first: they are older than anything read since. They
+        keep their numbers; new samples are numbered after them."""
+        with self.lock:
+            self.samples.extendleft(reversed(samples))
+            if samples:
+                self.next_seq = max(self.next_seq, max(s.seq for s in samples) + 1)
+            while len(self.samples) > self.max_samples:
+                self.stats.dropped("buffer_full", [self.samples.popleft()])
+
     def wake(self):
-        """End a take() or a parked wait for good: the sender is stopping. Without `closing` a
-        parked sender would spend the one ring leaving its park and then sleep in take()."""
+        """End a take() for good: the sender is stopping."""
         with self.lock:
-            self.parked = False
             self.closing = True
-        self.doorbell.put(None)
-
-    def park(self):
-        """The sender is idle on a healthy connection: from now on the sampling thread sends."""
-        with self.lock:
-            self.parked = not self.samples
-            return self.parked
-
-    def wait_while_parked(self, wait_s):
-        """The parked sender's sleep. Returns what the sampling thread handed back, or None."""
-        while True:
-            with self.lock:
-                if not self.parked:
-                    handed, self.handed = self.handed, None
-                    return handed
-            self.sleep_on_doorbell(wait_s)
-
-    def take_parked(self, count):
-        """For the sampling thread while the sender is parked: up to `count` samples, in flight."""
-        with self.lock:
-            if not self.parked or self.in_flight:
-                return []
-            return self.front_in_flight(count)
-
-    def hand_over(self, batch, stage, outcome):
-        """The sampling thread gives a batch back to the sender (see Sender.finish)."""
-        with self.lock:
-            self.parked = False
-            self.handed = (batch, stage, outcome)
         self.doorbell.put(None)
 
     def take(self, count, wait_s):
@@ -729,21 +1107,14 @@ class SampleBuffer:
         with self.lock:
             wait = self.sender_waiting = not self.samples and not self.closing
         if wait:
-            self.sleep_on_doorbell(wait_s)
+            try:
+                self.doorbell.get(timeout=wait_s)
+            except queue.Empty:
+                pass
         with self.lock:
             self.sender_waiting = False
-            return self.front_in_flight(count)
-
-    def front_in_flight(self, count):
-        """Up to `count` samples from the front, marked in flight (the caller holds the lock)."""
-        self.in_flight = min(count, len(self.samples))
-        return [self.samples[i] for i in range(self.in_flight)]
-
-    def sleep_on_doorbell(self, wait_s):
-        try:
-            self.doorbell.get(timeout=wait_s)
-        except queue.Empty:
-            pass
+            self.in_flight = min(count, len(self.samples))
+            return [self.samples[i] for i in range(self.in_flight)]
 
     def commit(self, count):
         with self.lock:
@@ -761,77 +1132,349 @@ class SampleBuffer:
         with self.lock:
             return list(self.samples)
 
-    def prepend(self, samples):
-        """Samples recovered from the spool go first: they are older than anything read since."""
+    def newer_than(self, seq):
+        """The samples numbered after seq (those not yet on disk), oldest first."""
         with self.lock:
-            self.samples.extendleft(reversed(samples))
-            while len(self.samples) > self.max_samples:
-                self.stats.dropped("buffer_full", [self.samples.popleft()])
+            if not self.samples or self.samples[-1].seq <= seq:
+                return []
+            newer = []
+            for sample in reversed(self.samples):
+                if sample.seq <= seq:
+                    break
+                newer.append(sample)
+            return newer[::-1]
 
+    def finished_through(self):
+        """Every sample numbered up to this one is finished with (delivered or given up on)."""
+        with self.lock:
+            return (self.samples[0].seq if self.samples else self.next_seq) - 1
+
+    def take_overflow_count(self):
+        """Samples dropped as the buffer overflowed since the last call."""
+        with self.lock:
+            count, self.overflow_dropped = self.overflow_dropped, 0
+            return count
+
+
+# ---------------------------------------------------------------- the spool
 
 class Spool:
-    """Unsent samples on disk across restarts: one JSON document, replaced atomically."""
+    """Unsent samples on disk, so that a restart or a crash during an outage loses (almost) nothing.
 
-    FORMAT = 1
+    One append-only file of JSON lines in --spool-dir, mode 0600:
+      {"format":2,"resource":{...}}                          the resource of the samples below it
+      [seq, time_ns, [[metric, value, [[key, value], ...], start_ns], ...]]   one sample
+      {"done":seq}                                           samples up to seq are finished with
+    During an outage, every --spool-every seconds, the samples not yet on disk and a done mark are
+    appended: the file is never rewritten as a whole on a timer. Once every sample on disk is
+    finished the file is removed; at exit the unsent samples are written. A file that would pass
+    --spool-max-bytes is rewritten with the newest unsent samples only (half the bound, to leave
+    room to append), and at exit the oldest that do not fit are dropped (counted once: spool_full).
 
-    def __init__(self, directory, max_bytes, stats):
+    A folder that cannot be used (read-only, full, a file) is a warning, said once: the exporter
+    keeps its samples in memory. A lock file keeps a second exporter out of the same folder."""
+
+    FORMAT = 2
+
+    def __init__(self, directory, max_bytes, stats, table, resource):
         self.directory = directory
-        self.path = os.path.join(directory, f"{SERVICE_NAME}.spool.json")
+        self.path = os.path.join(directory, f"{SERVICE_NAME}.spool")
+        self.lock_path = os.path.join(directory, f"{SERVICE_NAME}.lock")
         self.max_bytes = max_bytes
         self.stats = stats
+        self.table = table
+        self.resource = resource  # {key: value} of this run
+        self.resource_json = encode_attributes(sorted(resource.items()))
+        self.lock_fd = None
+        self.usable = False
+        self.problem = None      # the last error said, so that it is said once
+        self.on_disk_through = 0  # samples numbered up to this one are in the file
+        self.done_through = 0     # the last done mark written
+        self.size = 0
+        self.resource_written = False
+
+    # ---- start-up
+
+    def open(self):
+        """Take the folder and return the samples a previous run left. Raises ConfigError when
+        another exporter holds the folder; any other problem is a warning and an empty spool."""
+        if not self.take_folder():
+            return []
+        self.move_aside_older_format()
+        samples = self.load()
+        if samples:
+            self.on_disk_through = max(s.seq for s in samples)
+            self.done_through = samples[0].seq - 1
+            try:
+                self.size = os.stat(self.path).st_size
+            except OSError:
+                self.size = 0
+        return samples
+
+    def take_folder(self):
+        """Make the folder and hold its lock (held until the process ends). False: a warning said."""
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self.lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            self.fail(f"cannot use the spool folder {self.directory}: {exc.strerror or exc}")
+            return False
+        import fcntl
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(self.lock_fd)
+            self.lock_fd = None
+            raise ConfigError(f"another exporter (pid {holder}) uses the spool folder {self.directory}; "
+                              f"give each exporter its own --spool-dir", EXIT_SPOOL_IN_USE)
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self.usable = True
+        return True
+
+    def move_aside_older_format(self):
+        older = os.path.join(self.directory, f"{SERVICE_NAME}.spool.json")
+        if os.path.exists(older):
+            aside = f"{older}.older-version-{int(time.time())}"
+            try:
+                os.replace(older, aside)
+            except OSError:
+                aside = "(could not move it)"
+            LOG.warning("spool %s is from an older version of this exporter and is not read; moved aside to %s",
+                        older, aside)
 
     def load(self):
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                document = json.load(fh)
-            if document.get("format") != self.FORMAT:
-                raise ValueError(f"unknown spool format {document.get('format')!r}")
-            samples = [Sample(int(t), [(str(n), str(p)) for n, p in points]) for t, points in document["samples"]]
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
         except FileNotFoundError:
             return []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            aside = f"{self.path}.corrupt-{int(time.time())}"
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                aside = "(could not move it)"
+        except OSError as exc:
+            aside = self.move_aside()
             LOG.warning("spool %s is unreadable (%s); moved aside to %s, starting empty", self.path, exc, aside)
+            return []
+        samples, done, bad, unknown = self.parse(lines)
+        if lines and bad == len(lines):
+            aside = self.move_aside()
+            LOG.warning("spool %s is unreadable (no line of it parses); moved aside to %s, starting empty",
+                        self.path, aside)
+            return []
+        if bad:
+            LOG.warning("spool %s: %d unreadable lines skipped (a crash during a write leaves one)", self.path, bad)
+        if unknown:
+            LOG.warning("spool %s: %d readings this version cannot send were dropped", self.path, unknown)
+            self.stats.points_left_out("unencodable", unknown)
+        samples = [s for s in samples if s.seq > done]
+        if not samples:
+            self.remove()
             return []
         LOG.info("spool: %d unsent samples from the last run will be sent first", len(samples))
         return samples
 
-    def save(self, samples):
-        """Write the samples, dropping the oldest while the file would exceed its size bound."""
-        os.makedirs(self.directory, exist_ok=True)
-        encoded = [json.dumps([s.time_ns, s.points], separators=(",", ":")) for s in samples]
-        overhead = 64
-        total = overhead + sum(len(e.encode("utf-8")) + 1 for e in encoded)
+    def parse(self, lines):
+        """(samples, done mark, unreadable lines, unknown readings) of the spool's lines."""
+        samples, done, bad, unknown = [], 0, 0, 0
+        resource = None
+        for line in lines:
+            try:
+                record = STRICT_JSON.decode(line)
+                if isinstance(record, dict):
+                    if "done" in record:
+                        done = max(done, int(record["done"]))
+                    elif record.get("format") == self.FORMAT and isinstance(record.get("resource"), dict):
+                        attrs = sorted((str(k), str(v)) for k, v in record["resource"].items())
+                        encoded = encode_attributes(attrs)
+                        resource = None if encoded == self.resource_json else encoded
+                    else:
+                        raise ValueError("unknown record")
+                    continue
+                seq, time_ns, readings = record
+                known = []
+                for name, value, attributes, start in readings:
+                    pairs = tuple((str(k), str(v)) for k, v in attributes)
+                    if name in self.table.by_name:
+                        known.append((name, value, pairs, int(start)))
+                    else:
+                        unknown += 1
+                sample, implausible = make_sample(int(time_ns), known, self.table, resource)
+                unknown += implausible
+                if sample is not None:
+                    sample.seq = int(seq)
+                    samples.append(sample)
+            except (ValueError, TypeError, KeyError, RecursionError):
+                bad += 1
+        return samples, done, bad, unknown
+
+    # ---- while running
+
+    def sync(self, buffer, outage):
+        """Called every --spool-every seconds by the sampling thread: during an outage append what is new,
+        always append how far the buffer got, and remove the file once all of it is finished."""
+        if not self.usable and not self.retry_open():
+            return
+        try:
+            if outage:
+                newer = buffer.newer_than(self.on_disk_through)
+                if newer:
+                    self.append_samples(newer, buffer)
+            if self.on_disk_through:
+                finished = buffer.finished_through()
+                if finished >= self.on_disk_through:
+                    self.remove()
+                elif finished > self.done_through:
+                    self.append(('{"done":%d}\n' % finished).encode())
+                    self.done_through = finished
+            self.recovered()
+        except OSError as exc:
+            self.fail(f"cannot write the spool {self.path}: {exc.strerror or exc}")
+
+    def append_samples(self, samples, buffer):
+        lines = [self.encode_sample(s) for s in samples]
+        if not self.resource_written:
+            lines.insert(0, self.encode_resource())
+        data = "".join(lines).encode("utf-8")
+        if self.size + len(data) > self.max_bytes:
+            self.rewrite(buffer.snapshot(), self.max_bytes // 2, count_drops=False)
+            return
+        self.append(data)
+        self.resource_written = True
+        self.on_disk_through = samples[-1].seq
+
+    def append(self, data):
+        """Add bytes to the file; a write that fails is undone, so no half line stays behind."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            before = os.fstat(fd).st_size
+            try:
+                if os.write(fd, data) != len(data):  # a full disk can take part of it
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                os.fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, before)
+                except OSError:
+                    pass
+                raise
+            self.size = before + len(data)
+        finally:
+            os.close(fd)
+
+    # ---- at exit
+
+    def write_all(self, samples):
+        """The unsent samples at exit; returns how many were written."""
+        if not self.usable and not self.retry_open():
+            self.stats.dropped("shutdown", samples)
+            return 0
+        try:
+            if not samples:
+                self.remove()
+                return 0
+            return self.rewrite(samples, self.max_bytes, count_drops=True)
+        except OSError as exc:
+            self.fail(f"cannot write the spool {self.path}: {exc.strerror or exc}")
+            self.stats.dropped("shutdown", samples)
+            return 0
+
+    def rewrite(self, samples, bound, count_drops):
+        """Replace the file with the newest samples that fit in `bound` bytes (through a temporary
+        file with an unpredictable name, never following a planted link)."""
+        head = self.encode_resource().encode("utf-8")
+        encoded = [self.encode_sample(s).encode("utf-8") for s in samples]
+        total = len(head) + sum(len(e) for e in encoded)
         first = 0
-        while total > self.max_bytes and first < len(encoded):
-            total -= len(encoded[first].encode("utf-8")) + 1
+        while total > bound and first < len(encoded):
+            total -= len(encoded[first])
             first += 1
-        if first:
+        if first and count_drops:
             self.stats.dropped("spool_full", samples[:first])
             LOG.warning("spool: %d oldest samples do not fit in %d bytes and were dropped", first, self.max_bytes)
         if first == len(encoded):
-            self.clear()
+            self.remove()
             return 0
-        text = '{"format":%d,"samples":[\n%s\n]}\n' % (self.FORMAT, ",\n".join(encoded[first:]))
-        temporary = f"{self.path}.tmp-{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, self.path)
+        temporary = os.path.join(self.directory, f".{SERVICE_NAME}.{os.urandom(6).hex()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(head + b"".join(encoded[first:]))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temporary, self.path)
+        except OSError:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+        self.size = total
+        self.resource_written = True
+        self.on_disk_through = samples[-1].seq
+        self.done_through = samples[first].seq - 1
         return len(encoded) - first
 
-    def clear(self):
+    def close(self):
+        """Let the folder go (the lock), at exit."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+            self.usable = False
+
+    # ---- helpers
+
+    def encode_resource(self):
+        return json.dumps({"format": self.FORMAT, "resource": self.resource}, separators=(",", ":")) + "\n"
+
+    @staticmethod
+    def encode_sample(sample):
+        readings = [[name, value, attributes, start] for name, value, attributes, start in sample.readings()]
+        return json.dumps([sample.seq, sample.time_ns, readings], separators=(",", ":")) + "\n"
+
+    def remove(self):
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self.size = 0
+        self.on_disk_through = self.done_through = 0
+        self.resource_written = False
 
+    def move_aside(self):
+        aside = f"{self.path}.corrupt-{int(time.time())}"
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            aside = "(could not move it)"
+        return aside
+
+    def retry_open(self):
+        """After a folder that could not be used at start: try it again, each time the spool is
+        wanted. A file found there now was not read at start: it is moved aside, never replayed late."""
+        if self.usable:
+            return True
+        try:
+            if not self.take_folder():
+                return False
+        except ConfigError as exc:
+            self.fail(str(exc))
+            return False
+        if os.path.exists(self.path):
+            LOG.warning("spool %s was not readable at start; moved aside to %s", self.path, self.move_aside())
+        self.recovered()
+        return True
+
+    def fail(self, problem):
+        """Say a problem once (and again only when it changes)."""
+        if problem != self.problem:
+            self.problem = problem
+            LOG.warning("%s; unsent samples are kept in memory only (up to --buffer-max). Fix the folder's "
+                        "permissions or free space, or choose another --spool-dir", problem)
+
+    def recovered(self):
+        if self.problem is not None:
+            self.problem = None
+            LOG.info("spool %s is writable again", self.path)
 
 # ---------------------------------------------------------------- sending
 
@@ -839,12 +1482,10 @@ RETRYABLE_STATUS = (429, 502, 503, 504)
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
-INLINE_MAX_BYTES = 256 * 1024  # a larger body (one outsized sample) goes through the sender thread
 # A batch is cut to about this much JSON. A backlog (a collector outage, a slow answer) then goes
 # out in many small requests instead of a few of up to --batch-max samples: building one request
 # holds about four copies of its body, and those peaks would set the exporter's resident memory.
 REQUEST_TARGET_BYTES = 64 * 1024
-CONTENT_LENGTH = re.compile(rb"\n[Cc]ontent-[Ll]ength:[ \t]*(\d+)")
 HEAD_END = re.compile(rb"\r?\n\r?\n")  # the blank line after the headers
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
 RETRY_AFTER_MAX_S = 300.0
@@ -852,14 +1493,16 @@ DELIVERY_NOTE_S = 3600.0
 
 
 class Outcome:
-    """What became of one export request."""
+    """What became of one export request. `http_status` is the collector's answer (None when none
+    came); `error_type` names a failure for exporter.send.errors (the status, or what broke)."""
 
-    def __init__(self, kind, detail="", retry_after=None, rejected=0, status=None):
+    def __init__(self, kind, detail="", retry_after=None, rejected=0, http_status=None, error_type=None):
         self.kind = kind            # "ok", "partial", "retry", "reject", "too_large"
         self.detail = detail
         self.retry_after = retry_after
         self.rejected = rejected
-        self.status = status
+        self.http_status = http_status
+        self.error_type = error_type or (str(http_status) if http_status else None)
         self.unanswered = False     # a retry after the request went out whole: it may have been stored
 
 
@@ -879,10 +1522,14 @@ def parse_retry_after(value):
     return max(0.0, when.timestamp() - time.time())
 
 
+def one_line(text, limit=300):
+    """Text from outside (a collector's answer) made safe for our log: one line, control characters
+    escaped, bounded. It goes into lines that `make status` reads: it must never forge one."""
+    return json.dumps(text[:limit], ensure_ascii=False)[1:-1]
+
+
 def response_message(body):
-    """The collector's google.rpc.Status message, or the start of whatever it sent: on one line,
-    control characters escaped, at most 300 characters (it goes into our log lines, which
-    `make status` reads: it must never forge one)."""
+    """The collector's google.rpc.Status message, or the start of whatever it sent."""
     text = body.decode("utf-8", "replace").strip()
     try:
         document = json.loads(text)
@@ -890,7 +1537,7 @@ def response_message(body):
             text = str(document["message"])
     except ValueError:
         pass
-    return json.dumps(text[:300], ensure_ascii=False)[1:-1]
+    return one_line(text)
 
 
 EMPTY_SUCCESS = (b"", b"{}", b'{"partialSuccess":{}}')  # the usual answers: no need to parse them
@@ -905,7 +1552,7 @@ def classify_response(status, headers, body):
             compact = body.replace(b" ", b"").strip()
             document = {} if compact in EMPTY_SUCCESS else json.loads(body.decode("utf-8", "replace"))
             partial = (document.get("partialSuccess") or {}) if isinstance(document, dict) else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             partial = {}
         rejected = 0
         try:
@@ -914,19 +1561,40 @@ def classify_response(status, headers, body):
             rejected = 0
         message = str(partial.get("errorMessage") or "") if isinstance(partial, dict) else ""
         if rejected or message:
-            return Outcome("partial", message, rejected=rejected, status=200)
-        return Outcome("ok", status=200)
+            return Outcome("partial", one_line(message), rejected=max(0, rejected), http_status=200)
+        return Outcome("ok", http_status=200)
     if 200 < status < 300:
-        return Outcome("ok", status=status)
+        return Outcome("ok", http_status=status)
     if status in RETRYABLE_STATUS:
-        return Outcome("retry", f"HTTP {status}", parse_retry_after(headers.get("retry-after")), status=status)
+        return Outcome("retry", f"HTTP {status}", parse_retry_after(headers.get("retry-after")), http_status=status)
     if status == 413:
-        return Outcome("too_large", "HTTP 413 request too large", status=413)
-    return Outcome("reject", f"HTTP {status}: {response_message(body)}", status=status)
+        return Outcome("too_large", "HTTP 413 request too large", http_status=413)
+    return Outcome("reject", f"HTTP {status}: {response_message(body)}", http_status=status)
 
 
 class BadResponse(OSError):
     """The collector answered something that is not HTTP/1.x."""
+
+
+def proxy_for(url):
+    """The proxy URL to reach `url` through, as urllib and the OpenTelemetry SDKs choose it
+    (HTTP_PROXY / HTTPS_PROXY / NO_PROXY, lower case first), or None to go direct."""
+    if not any(key.lower() in ("http_proxy", "https_proxy", "all_proxy") for key in os.environ):
+        return None  # the common case, without importing urllib.request (1.5 MB resident)
+    import urllib.request
+    proxies = urllib.request.getproxies_environment()
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+def without_credentials(url):
+    """A proxy URL fit for a log line."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 class OtlpHttpClient:
@@ -934,7 +1602,8 @@ class OtlpHttpClient:
 
     A small client on a plain socket rather than http.client: it sends one request shape and reads
     one response shape, usually with a single recv(); http.client parses headers with the email
-    package. ssl is loaded only for an https:// collector."""
+    package. ssl is loaded only for an https:// collector. --timeout bounds each request as a
+    whole (connect, send, answer), however slowly the collector trickles bytes."""
 
     def __init__(self, url, headers, timeout_s, compression, cafile):
         self.url = url
@@ -942,9 +1611,6 @@ class OtlpHttpClient:
         self.https = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self.https else 80)
-        # getaddrinfo() runs a str host through the idna codec, which loads unicodedata: 0.7 MB
-        # resident for good, even for 127.0.0.1. An ASCII host goes as bytes and needs no codec.
-        self.lookup_host = self.host.encode("ascii") if self.host.isascii() else self.host
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = self.host if ":" not in self.host else f"[{self.host}]"
         if parts.port:
@@ -955,16 +1621,44 @@ class OtlpHttpClient:
                   "Content-Type": "application/json", "Accept": "application/json"}
         if self.gzip:
             fields["Content-Encoding"] = "gzip"
+        self.proxy = proxy_for(url)
+        self.connect_to = (self.host, self.port)
+        self.tunnel = None  # the CONNECT request for an https collector behind a proxy
+        if self.proxy:
+            self.route_through_proxy(host_header, fields)
+            if not self.https:
+                path = url  # a plain-HTTP proxy takes the absolute URL
         fields.update(headers)
         self.head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+        host = self.connect_to[0]
+        # getaddrinfo() runs a str host through the idna codec, which loads unicodedata: 0.7 MB
+        # resident for good, even for 127.0.0.1. An ASCII host goes as bytes and needs no codec.
+        self.lookup_host = host.encode("ascii") if host.isascii() else host
         self.context = None
         if self.https:
             import ssl
             self.context = ssl.create_default_context(cafile=cafile)
         self.sock = None
         self.sock_timeout = None
+        self.deadline = None
         self.pending = b""  # received bytes not yet parsed
         self.request_out = False  # the last request went out whole: a failure now may follow its storing
+
+    def route_through_proxy(self, host_header, fields):
+        proxy = urllib.parse.urlsplit(self.proxy if "://" in self.proxy else f"http://{self.proxy}")
+        self.connect_to = (proxy.hostname, proxy.port or 8080)
+        auth = {}
+        if proxy.username is not None:
+            import base64
+            user = urllib.parse.unquote(proxy.username)
+            password = urllib.parse.unquote(proxy.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            auth["Proxy-Authorization"] = f"Basic {token}"
+        if self.https:
+            self.tunnel = (f"CONNECT {host_header} HTTP/1.1\r\nHost: {host_header}\r\n"
+                           + "".join(f"{k}: {v}\r\n" for k, v in auth.items()) + "\r\n").encode("latin-1")
+        else:
+            fields.update(auth)
 
     def close(self):
         if self.sock is not None:
@@ -987,9 +1681,11 @@ class OtlpHttpClient:
         """Returns an Outcome; network failures become retryable outcomes, never exceptions."""
         data = self.request(body)
         timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
+        if self.sock is not None and self.went_stale():
+            self.close()
         reused = self.sock is not None
         outcome = self.attempt(data, timeout)
-        if reused and outcome.status in ("connection_reset", "broken_pipe"):
+        if reused and outcome.error_type in ("connection_reset", "broken_pipe"):
             # The collector closed an idle kept-alive connection; that is not an outage. If the
             # request had gone out whole, it may still have been stored: the answer says so.
             unanswered = outcome.unanswered
@@ -997,89 +1693,60 @@ class OtlpHttpClient:
             outcome.unanswered = outcome.unanswered or unanswered
         return outcome
 
-    def connect(self, timeout):
-        sock = socket.create_connection((self.lookup_host, self.port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.context is not None:
-            sock = self.context.wrap_socket(sock, server_hostname=self.host)
-        self.sock = sock
-        self.sock_timeout = timeout
-        self.pending = b""
-
-    def can_send_inline(self):
-        """A plain-HTTP connection is open (send_inline needs a socket it can use without blocking)."""
-        return self.sock is not None and self.context is None
-
-    def post_inline(self, body, wait_s):
-        """For the sampling thread: send on the open connection without blocking, then wait at
-        most wait_s for the whole answer. Returns (stage, Outcome or None), stage being "answered",
-        "sent" (the answer is still to come: finish_response) or "unsent" (nothing went out)."""
-        self.request_out = False
-        if not self.can_send_inline():
-            return "unsent", None
-        data = self.request(body)
+    def went_stale(self):
+        """An idle kept-alive connection the collector closed, or wrote to (a 408 meant for no
+        request): never reused, or that answer would be read as the next request's."""
         try:
-            sent = self.sock.send(data, socket.MSG_DONTWAIT)
-        except OSError:
-            sent = -1
-        if sent != len(data):
-            self.close()  # none or part of the request went out: the sender starts over
-            return "unsent", None
-        self.request_out = True
-        deadline = time.monotonic() + wait_s
-        while not self.answer_complete():
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                return "sent", None
-            try:
-                more = self.receive()
-            except OSError:
-                more = False
-            if not more:
-                break  # the connection ended or failed: answer() says how
-        return "answered", self.guarded(self.answer)
+            return bool(self.pending) or bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
 
-    def finish_response(self, timeout_s=None):
-        """Read the answer to a request post_inline sent (blocking, up to the timeout)."""
-        timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
-        if self.sock is None:
-            outcome = Outcome("retry", "connection closed before the answer", status="connection_reset")
-            outcome.unanswered = True
-            return outcome
-        return self.guarded(lambda: self.answer(timeout))
+    def connect(self):
+        sock = socket.create_connection((self.lookup_host, self.connect_to[1]), timeout=self.time_left())
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.sock_timeout = None
+        self.pending = b""
+        if self.tunnel:
+            self.open_tunnel()
+        if self.context is not None:
+            self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
+            self.sock_timeout = None
 
-    def answer_complete(self):
-        """Whether self.pending holds a whole answer that has a Content-Length or no body."""
-        end = HEAD_END.search(self.pending, 0, MAX_HEAD_BYTES + 4)
-        if not end:
-            return False
-        head = self.pending[:end.start()]
-        length = CONTENT_LENGTH.search(head)
-        if length:
-            return len(self.pending) - end.end() >= int(length.group(1))
-        return head[9:12] in (b"204", b"304")  # chunked or read-to-close answers: finish_response
+    def open_tunnel(self):
+        """CONNECT through the proxy to the collector; the TLS session then runs inside the tunnel."""
+        self.set_timeout()
+        self.sock.sendall(self.tunnel)
+        status, _headers, _body = self.read_response(tunnel=True)
+        if status != 200:
+            raise BadResponse(f"the proxy {without_credentials(self.proxy)} refused to open a tunnel "
+                              f"to the collector (HTTP {status})")
+        if self.pending:
+            raise BadResponse("the proxy sent bytes before the tunnel was open")
 
-    def set_timeout(self, timeout):
-        if timeout != self.sock_timeout:  # settimeout() is a system call: only when it changes
+    def time_left(self):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        return left
+
+    def set_timeout(self):
+        timeout = self.time_left()
+        if timeout != self.sock_timeout:
             self.sock.settimeout(timeout)
             self.sock_timeout = timeout
 
     def attempt(self, data, timeout):
-        return self.guarded(lambda: self.exchange(data, timeout))
+        self.deadline = time.monotonic() + timeout
+        return self.guarded(lambda: self.exchange(data))
 
-    def exchange(self, data, timeout):
+    def exchange(self, data):
         self.request_out = False
         if self.sock is None:
-            self.connect(timeout)
-        else:
-            self.set_timeout(timeout)
+            self.connect()
+        self.set_timeout()
         self.sock.sendall(data)
         self.request_out = True
-        return self.answer()
-
-    def answer(self, timeout=None):
-        if timeout is not None:
-            self.set_timeout(timeout)
         status, headers, body = self.read_response()
         if headers.get("connection", "").lower() == "close":
             self.close()
@@ -1092,36 +1759,35 @@ class OtlpHttpClient:
         try:
             return step()
         except socket.timeout:
-            outcome = Outcome("retry", "timeout", status="timeout")
+            outcome = Outcome("retry", "timeout", error_type="timeout")
         except OSError as exc:
             if type(exc).__name__.startswith("SSL"):
-                outcome = Outcome("retry", f"TLS error: {getattr(exc, 'reason', None) or exc}", status="tls")
+                outcome = Outcome("retry", f"TLS error: {getattr(exc, 'reason', None) or exc}", error_type="tls")
             else:
-                outcome = Outcome("retry", describe_network_error(exc), status=network_error_type(exc))
+                outcome = Outcome("retry", describe_network_error(exc), error_type=network_error_type(exc))
         except ValueError as exc:  # a length or chunk size that is not a number
-            outcome = Outcome("retry", f"malformed HTTP response from the collector ({exc})", status="bad_response")
+            outcome = Outcome("retry", f"malformed HTTP response from the collector ({one_line(str(exc), 80)})",
+                              error_type="bad_response")
         outcome.unanswered = self.request_out
         self.close()
         return outcome
 
     def receive(self):
-        """More bytes of the response onto self.pending; False at the end of the connection."""
+        """More bytes of the response onto self.pending; False at the end of the connection. Each
+        wait is bounded by what is left of the request's time, not a fresh timeout per recv()."""
+        self.set_timeout()
         chunk = self.sock.recv(65536)
         self.pending += chunk
         return bool(chunk)
 
-    def read_response(self):
-        """(status, {lower-case header: value}, body) of one HTTP/1.x response."""
-        lines = self.read_head().split(b"\n")
-        parts = lines[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (parts[1].isdigit() and len(parts[1]) == 3):
-            raise BadResponse(f"not an HTTP response: {lines[0][:60]!r}")
-        status = int(parts[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if status in (204, 304) or 100 <= status < 200:
+    def read_response(self, tunnel=False):
+        """(status, {lower-case header: value}, body) of one HTTP/1.x response. Interim answers
+        (100 Continue, 103 Early Hints) are read past, up to the final one."""
+        while True:
+            status, headers = self.read_status_and_headers()
+            if not 100 <= status < 200 or status == 101:
+                break
+        if tunnel or status in (204, 304) or 100 <= status < 200:
             return status, headers, b""
         if headers.get("transfer-encoding", "").lower() == "chunked":
             return status, headers, self.read_chunked()
@@ -1138,6 +1804,17 @@ class OtlpHttpClient:
         body = self.pending[:MAX_RESPONSE_BYTES]
         self.close()
         return status, headers, body
+
+    def read_status_and_headers(self):
+        lines = self.read_head().split(b"\n")
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (parts[1].isdigit() and len(parts[1]) == 3):
+            raise BadResponse(f"not an HTTP response: {lines[0][:60]!r}")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(parts[1]), headers
 
     def read_head(self):
         """The status line and headers, up to the blank line that ends them."""
@@ -1196,6 +1873,8 @@ def network_error_type(exc):
         return "dns"
     if getattr(exc, "errno", None) == errno.EHOSTUNREACH:
         return "host_unreachable"
+    if isinstance(exc, BadResponse):
+        return "bad_response"
     return "network"
 
 
@@ -1203,13 +1882,14 @@ def describe_network_error(exc):
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the collector's host name ({exc.strerror or exc})"
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {one_line(text, 200)}"
 
 
 class Sender(threading.Thread):
-    """Drains the buffer to the collector, oldest first, never blocking the sampling loop."""
+    """The one thread that sends: drains the buffer to the collector, oldest first, so that the
+    sampling thread never waits on the network."""
 
-    def __init__(self, client, buffer, stats, table, resource_json, batch_max, inline_wait_s=0.2):
+    def __init__(self, client, buffer, stats, table, resource_json, batch_max):
         super().__init__(name="sender", daemon=True)
         self.client = client
         self.buffer = buffer
@@ -1218,7 +1898,6 @@ class Sender(threading.Thread):
         self.resource_json = resource_json
         self.batch_max = batch_max
         self.sample_bytes = 2048  # JSON per sample, learnt from each request built (see batch_size)
-        self.inline_wait_s = inline_wait_s  # how long send_inline may hold up the sampling thread
         self.stopping = threading.Event()
         self.deadline = None  # monotonic time after which a stopping sender gives up
         self.outage_since = None
@@ -1227,29 +1906,26 @@ class Sender(threading.Thread):
         self.backoff = BACKOFF_FIRST_S
         self.last_note = None
         self.delivered_since_note = 0
+        self.unknown_said = False
 
     def run(self):
         while True:
             try:
-                if not self.run_once():
+                if not self.send_next():
                     return
             except Exception:  # a bug must not silently stop delivery: log it, keep the samples, go on
                 LOG.exception("sender: unexpected error (please report it); retrying in 5 s")
                 self.buffer.release()
                 self.stopping.wait(5)
 
-    def run_once(self):
+    def send_next(self):
         """Send one batch (or wait for one). False when the sender should end."""
         if self.stopping.is_set() and (not len(self.buffer) or time.monotonic() >= self.deadline):
             return False
-        handed = self.buffer.wait_while_parked(60.0)
-        if handed is not None:
-            done, outcome = self.finish(*handed)
-        else:
-            batch = self.buffer.take(self.batch_size(), 60.0)  # add() and stop() wake it sooner
-            if not batch:
-                return True
-            done, outcome = self.deliver(batch)
+        batch = self.buffer.take(self.batch_size(), 60.0)  # add() and finish() wake it sooner
+        if not batch:
+            return True
+        done, outcome = self.deliver(batch)
         self.buffer.commit(done)
         if outcome.kind == "retry":
             self.wait_before_retry(outcome)
@@ -1257,73 +1933,37 @@ class Sender(threading.Thread):
         self.backoff = BACKOFF_FIRST_S
         if self.outage_since is not None and not len(self.buffer):
             self.end_outage()
-        if self.outage_since is None and not self.stopping.is_set() and self.client.can_send_inline():
-            if self.buffer.park():
-                LOG.debug("sender parked: the sampling thread sends while the collector answers promptly")
         return True
-
-    def send_inline(self):
-        """Run by the sampling thread before it waits for the source: while the sender is parked,
-        send the buffered samples here, without a thread hand-off. The send never blocks and the
-        wait for the answer is short (inline_wait_s); anything else (no connection, a slow or
-        unusual answer, an error) goes back to the sender thread, which handles it as usual."""
-        for _ in range(8):  # a bounded loop: normally one round
-            batch = self.buffer.take_parked(self.batch_size())
-            if not batch:
-                return
-            try:
-                body = self.build(batch)
-                stage, outcome = "unsent", None
-                if len(body) <= INLINE_MAX_BYTES:
-                    stage, outcome = self.client.post_inline(body, self.inline_wait_s)
-                if stage != "answered" or outcome.kind not in ("ok", "partial", "reject"):
-                    self.buffer.hand_over(batch, stage, outcome)
-                    return
-                self.account(batch, outcome)
-                self.buffer.commit(len(batch))
-            except Exception:  # a bug must not stop sampling: the sender thread takes over
-                LOG.exception("inline send: unexpected error (please report it)")
-                self.client.close()
-                self.buffer.hand_over(batch, "unsent", None)
-                return
 
     def batch_size(self):
         """--batch-max samples, or fewer where that would make a body over REQUEST_TARGET_BYTES."""
         return max(1, min(self.batch_max, REQUEST_TARGET_BYTES // self.sample_bytes))
 
-    def build(self, batch):
+    def encode(self, batch):
         """The request for a batch; its size per sample sets the next batch_size()."""
-        body = build_request(self.table, self.resource_json, batch)
+        body, unknown = encode_request(self.table, self.resource_json, batch)
+        if unknown:  # a bug or a spool from another version; counted, never retried
+            self.stats.points_left_out("unencodable", unknown)
+            if not self.unknown_said:
+                self.unknown_said = True
+                LOG.warning("left out %d readings of series this exporter does not know (counted as "
+                            "exporter.datapoints.dropped reason=unencodable)", unknown)
         self.sample_bytes = max(1, len(body) // len(batch))
         return body
-
-    def finish(self, batch, stage, outcome):
-        """Complete what send_inline handed back: read the rest of the answer ("sent"), send
-        again ("unsent", or a kept-alive connection the collector had closed), or act on it."""
-        if stage == "sent":
-            outcome = self.client.finish_response(self.remaining())
-        if outcome is not None and outcome.unanswered:
-            for sample in batch:
-                sample.unanswered += 1
-        if outcome is None or outcome.status in ("connection_reset", "broken_pipe"):
-            return self.deliver(batch)
-        return self.deliver(batch, outcome)
 
     def remaining(self):
         if self.deadline is None:
             return None
         return max(0.05, self.deadline - time.monotonic())
 
-    def deliver(self, batch, outcome=None):
+    def deliver(self, batch):
         """Send one batch, halving it while it is too large. Returns (how many samples from the
-        front are finished with, delivered or given up on; the last Outcome). With an outcome,
-        the batch was sent already (by send_inline) and this is the collector's answer."""
-        if outcome is None:
-            body = self.build(batch)
-            if len(body) > MAX_REQUEST_BYTES and len(batch) > 1:
-                outcome = Outcome("too_large", "over the request size cap")
-            else:
-                outcome = self.client.post(body, self.remaining())
+        front are finished with, delivered or given up on; the last Outcome)."""
+        body = self.encode(batch)
+        if len(body) > MAX_REQUEST_BYTES and len(batch) > 1:
+            outcome = Outcome("too_large", "over the request size cap")
+        else:
+            outcome = self.client.post(body, self.remaining())
         if outcome.kind == "too_large":
             if len(batch) == 1:
                 LOG.error("collector refuses even a single sample as too large (%s); dropping it", outcome.detail)
@@ -1339,26 +1979,22 @@ class Sender(threading.Thread):
         return (0 if outcome.kind == "retry" else len(batch)), outcome
 
     def account(self, batch, outcome):
+        if outcome.unanswered:  # an attempt went out whole and got no answer: each is a possible copy
+            for sample in batch:
+                sample.unanswered += 1
         if outcome.kind == "retry":
-            if outcome.unanswered:
-                for sample in batch:
-                    sample.unanswered += 1
-            self.stats.send_error(str(outcome.status))
+            self.stats.send_error(outcome.error_type)
             self.note_outage(outcome)
             return
         if outcome.kind == "reject":
-            self.stats.send_error(str(outcome.status))
+            self.stats.send_error(outcome.error_type)
             LOG.error("collector rejected %d samples, not retrying (%s)", len(batch), outcome.detail)
             self.stats.dropped("rejected", batch)
             return
         if outcome.kind == "partial":
             LOG.warning("collector accepted the request but rejected %d data points: %s",
                         outcome.rejected, outcome.detail or "(no message)")
-            with self.stats.lock:
-                self.stats.points_dropped["rejected"] += outcome.rejected
-        if outcome.unanswered:  # delivered, after an attempt in the same post that got no answer
-            for sample in batch:
-                sample.unanswered += 1
+            self.stats.points_left_out("rejected", outcome.rejected)
         self.stats.delivered(batch)
         if self.outage_since is not None:
             self.outage_late += len(batch)
@@ -1384,7 +2020,7 @@ class Sender(threading.Thread):
             self.outage_since = now
             self.last_reminder = now
             self.outage_late = 0
-            self.buffer.overflow_dropped = 0
+            self.buffer.take_overflow_count()
             LOG.warning("cannot deliver to %s: %s; buffering samples (up to %d) and retrying",
                         self.client.url, outcome.detail, self.buffer.max_samples)
         elif now - self.last_reminder >= 60:
@@ -1395,9 +2031,8 @@ class Sender(threading.Thread):
     def end_outage(self):
         took = format_duration(time.monotonic() - self.outage_since)
         LOG.info("collector is back after %s: delivered %d samples late, dropped %d while the buffer was full",
-                 took, self.outage_late, self.buffer.overflow_dropped)
+                 took, self.outage_late, self.buffer.take_overflow_count())
         self.outage_since = None
-        self.buffer.overflow_dropped = 0
 
     def wait_before_retry(self, outcome):
         # The greater of the backoff and the collector's Retry-After, as the OTel SDKs do: a
@@ -1411,7 +2046,7 @@ class Sender(threading.Thread):
         else:
             self.stopping.wait(delay)
 
-    def stop(self, flush_s):
+    def finish(self, flush_s):
         """Flush what remains for at most flush_s seconds, then return."""
         self.deadline = time.monotonic() + flush_s
         self.stopping.set()
@@ -1440,7 +2075,6 @@ def format_duration(seconds):
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
 
 # ---------------------------------------------------------------- the source process
 
@@ -1493,7 +2127,7 @@ class SourceProcess:
                     self.stderr_tail.append(text)
         return lines, self.out_fd not in self.open_fds, woken
 
-    def stop(self):
+    def terminate(self):
         """SIGTERM, then SIGKILL: never leave an orphaned macmon or nvidia-smi behind."""
         if self.proc.poll() is None:
             try:
@@ -1544,9 +2178,8 @@ class SourceProcess:
 class Supervisor:
     """Keeps one source child alive: restart with capped backoff, kill when silent, stop on exit 2."""
 
-    def __init__(self, source, interval, stats, stopping, max_starts=None, before_wait=None):
+    def __init__(self, source, interval, stats, stopping, max_starts=None):
         self.source = source
-        self.before_wait = before_wait  # called before each wait for output (Sender.send_inline)
         self.max_starts = max_starts  # --once and --check give up instead of retrying forever
         self.starts = 0
         self.interval = interval
@@ -1570,8 +2203,6 @@ class Supervisor:
             got_line = False
             silence_s = 3 * self.interval + STARTUP_GRACE_S
             while not self.stopping.is_set():
-                if self.before_wait is not None:
-                    self.before_wait()
                 wait_s = max(0.01, silence_s - (time.monotonic() - self.last_line))
                 lines, ended, woken = self.child.read(wait_s, self.wake_r)
                 if woken:
@@ -1603,14 +2234,13 @@ class Supervisor:
             self.pause()
             return
         if self.started_once:
-            with self.stats.lock:
-                self.stats.source_restarts += 1
+            self.stats.source_restarted()
         self.started_once = True
         self.last_line = time.monotonic()
         LOG.info("started %s (pid %d): %s", SOURCE_NAME, self.child.proc.pid, " ".join(argv))
 
     def finish_child(self, got_line):
-        self.child.stop()
+        self.child.terminate()
         if self.stopping.is_set():
             return
         code = self.child.proc.returncode
@@ -1637,12 +2267,17 @@ class Supervisor:
     def close(self):
         # The wake pipe stays open: a late signal handler must never write into a reused fd.
         if self.child is not None:
-            self.child.stop()
+            self.child.terminate()
 
 
 
 
 # ---------------------------------------------------------------- running
+
+# ---------------------------------------------------------------- running
+
+SKIPPED_NOTE_S = 60.0  # unparsable source lines: a warning at once, then at most one a minute
+
 
 def setup_logging(level):
     handler = logging.StreamHandler(sys.stderr)
@@ -1659,10 +2294,8 @@ def print_console(table, sample, out=None):
     out = out or sys.stdout
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sample.time_ns / 1e9))
     lines = []
-    for name, point in sample.points:
-        document = json.loads(point)
-        value = document.get("asDouble", document.get("asInt"))
-        attrs = " ".join(f"{a['key']}={list(a['value'].values())[0]}" for a in document.get("attributes", []))
+    for name, value, attributes, _start in sample.readings():
+        attrs = " ".join(f"{key}={text}" for key, text in attributes)
         unit = table.by_name[name][0]
         lines.append(f"{stamp}Z  {name:<34} {value!s:>22} {unit:<10} {attrs}\n")
     try:
@@ -1690,13 +2323,17 @@ class Exporter:
         self.buffer = SampleBuffer(args.buffer_max, self.stats)
         self.stopping = threading.Event()
         self.resource_json = encode_attributes(sorted(args.resource_attributes.items()))
-        self.spool = Spool(args.spool_dir, args.spool_max_bytes, self.stats) if args.spool_dir else None
+        self.spool = None
+        if args.spool_dir and args.exporter == "otlp":
+            self.spool = Spool(args.spool_dir, args.spool_max_bytes, self.stats, self.table, args.resource_attributes)
         self.client = None
         self.sender = None
         self.supervisor = None
         self.next_self_report = 0.0
+        self.skipped_since_note = 0
+        self.last_skip_note = None
 
-    def stop(self):
+    def request_stop(self):
         """From a signal handler: stop sampling now, then flush (see shutdown)."""
         self.stopping.set()
         if self.supervisor is not None:
@@ -1707,41 +2344,68 @@ class Exporter:
         return OtlpHttpClient(a.url, a.http_headers, a.timeout_s, a.compression, a.certificate)
 
     def sample_from(self, read_ns, line):
-        """Parse one source line into a Sample, or None when the line carries no data."""
+        """Parse one source line into a Sample, or None when the line carries no data. A line
+        without data still carries the exporter's own series when they are due, so that they go
+        out even while every source line fails to parse."""
         try:
             parsed = self.source.parse_line(line, read_ns)
-        except ValueError as exc:
-            with self.stats.lock:
-                self.stats.lines_skipped += 1
-            LOG.debug("skipped a %s line (%s): %.120s", SOURCE_NAME, exc, line)
-            return None
+            if parsed is not None and not abs(parsed[0] - read_ns) <= MAX_CLOCK_SKEW_NS:
+                raise ValueError("its time is more than a day away from the clock")
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+            self.line_skipped(line, exc)
+            return self.self_report_sample(read_ns)
         if parsed is None:
             return None
-        time_ns, points = parsed
-        with self.stats.lock:
-            self.stats.samples_read += 1
-        now = time.monotonic()
-        if self.source.starts_round() and now >= self.next_self_report:
+        time_ns, readings = parsed
+        self.stats.sample_read()
+        if self.source.starts_round() and self.self_report_due():
             # The exporter's own series: with the first sample, then at most every
             # --self-report-interval (never once per GPU row): counters need no more, and sending
             # them with every sample would cost as much as the data.
-            self.next_self_report = now + self.args.self_report_interval
-            points = points + self.stats.points(time_ns, len(self.buffer))
-        return Sample(time_ns, points)
+            readings = readings + self.stats.readings(len(self.buffer))
+        sample, implausible = make_sample(time_ns, readings, self.table)
+        self.stats.points_left_out("out_of_range", implausible)
+        return sample
+
+    def self_report_due(self):
+        now = time.monotonic()
+        if now < self.next_self_report:
+            return False
+        self.next_self_report = now + self.args.self_report_interval
+        return True
+
+    def self_report_sample(self, time_ns):
+        if not self.self_report_due():
+            return None
+        return make_sample(time_ns, self.stats.readings(len(self.buffer)), self.table)[0]
+
+    def line_skipped(self, line, why):
+        """Count it; warn at once, then at most once a minute, so that a changed source format is
+        seen at the default log level without flooding the log."""
+        self.stats.line_skipped()
+        self.skipped_since_note += 1
+        now = time.monotonic()
+        if self.last_skip_note is None or now - self.last_skip_note >= SKIPPED_NOTE_S:
+            more = f" ({self.skipped_since_note} in the last minute)" if self.last_skip_note is not None else ""
+            LOG.warning("skipped an unparsable %s line%s: %s: %s", SOURCE_NAME, more,
+                        one_line(str(why), 120), one_line(line, 120))
+            self.last_skip_note = now
+            self.skipped_since_note = 0
 
     def run(self):
         if self.args.exporter == "otlp":
             self.client = self.make_client()
             self.sender = Sender(self.client, self.buffer, self.stats, self.table, self.resource_json,
-                                 self.args.batch_max, inline_wait_s=min(0.2, self.args.interval / 2))
+                                 self.args.batch_max)
             if self.spool:
-                self.buffer.prepend(self.spool.load())
+                self.buffer.prepend(self.spool.open())
             self.sender.start()
-        supervisor = self.supervisor = Supervisor(self.source, self.args.interval, self.stats, self.stopping,
-                                                  before_wait=self.sender.send_inline if self.sender else None)
+        supervisor = self.supervisor = Supervisor(self.source, self.args.interval, self.stats, self.stopping)
         LOG.info("%s %s: sampling every %gs, %s", SERVICE_NAME, __version__, self.args.interval,
                  f"sending to {self.args.url}" if self.client else f"exporter {self.args.exporter}")
-        last_spool = time.monotonic()
+        if self.client is not None and self.client.proxy:
+            LOG.info("through the proxy %s (from the environment)", without_credentials(self.client.proxy))
+        next_spool = time.monotonic() + self.args.spool_every
         try:
             for read_ns, line in supervisor.lines():
                 sample = self.sample_from(read_ns, line)
@@ -1751,23 +2415,22 @@ class Exporter:
                     print_console(self.table, sample)
                 elif self.args.exporter == "otlp":
                     self.buffer.add(sample)
-                    if self.spool and time.monotonic() - last_spool > 30 and self.sender.outage_since:
-                        self.spool.save(self.buffer.snapshot())
-                        last_spool = time.monotonic()
+                    if self.spool and time.monotonic() >= next_spool:
+                        self.spool.sync(self.buffer, outage=self.sender.outage_since is not None)
+                        next_spool = time.monotonic() + self.args.spool_every
         finally:
             supervisor.close()
         return self.shutdown()
 
     def shutdown(self):
         if self.sender is not None:
-            self.sender.stop(5.0)
+            self.sender.finish(5.0)
             remaining = self.buffer.snapshot()
             if self.spool:
-                if remaining:
-                    kept = self.spool.save(remaining)
+                kept = self.spool.write_all(remaining)
+                if kept:
                     LOG.info("spool: wrote %d unsent samples to %s", kept, self.spool.path)
-                else:
-                    self.spool.clear()
+                self.spool.close()
             elif remaining:
                 self.stats.dropped("shutdown", remaining)
                 LOG.warning("%d samples were not delivered before exit (use --spool-dir to keep them)",
@@ -1784,7 +2447,7 @@ def first_round(exporter, supervisor):
     expected = None
     for read_ns, line in supervisor.lines():
         sample = exporter.sample_from(read_ns, line)
-        if sample is None:
+        if sample is None or sample.layout[0][0].startswith("exporter."):
             continue
         if samples and exporter.source.starts_round():
             break  # the next round began: this round had fewer rows than the source announced
@@ -1811,17 +2474,17 @@ def post_samples(exporter, samples):
     """One request with these samples, on a connection of its own. Returns the Outcome."""
     client = exporter.make_client()
     try:
-        return client.post(build_request(exporter.table, exporter.resource_json, samples))
+        return client.post(encode_request(exporter.table, exporter.resource_json, samples)[0])
     finally:
         client.close()
 
 
 def count_points(samples):
-    return sum(len(sample.points) for sample in samples)
+    return sum(len(sample.values) for sample in samples)
 
 
-def run_once(args, source):
-    """One round of the source, one send: exit 0 only if the collector accepted it."""
+def export_one_round(args, source):
+    """--once: one round of the source, one send: exit 0 only if the collector accepted it."""
     exporter = Exporter(args, source)
     samples = read_first_round(exporter, args.interval, max_starts=3)
     if not samples:
@@ -1885,6 +2548,12 @@ class CheckReport:
 def check_collector(args, report):
     parts = urllib.parse.urlsplit(args.url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = proxy_for(args.url)
+    if proxy:
+        # The exporter will connect to the proxy, not the collector: that is what to test.
+        report.ok("proxy", f"{without_credentials(proxy)} (from the environment; NO_PROXY to go direct)")
+        proxied = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        parts, port = proxied, proxied.port or 8080
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
         addresses = list(dict.fromkeys(info[4][0] for info in infos))
@@ -1936,7 +2605,7 @@ def run_check(args, source):
             report.fail("one sample parsed", f"{SOURCE_NAME} gave no usable line")
     if args.exporter == "otlp" and check_collector(args, report):
         if not samples:
-            samples = [Sample(time.time_ns(), exporter.stats.points(time.time_ns(), 0))]
+            samples = [make_sample(time.time_ns(), exporter.stats.readings(0), exporter.table)[0]]
         outcome = post_samples(exporter, samples)
         if outcome.kind == "ok":
             report.ok("collector accepted a POST", args.url)
@@ -1971,12 +2640,12 @@ def main(argv=None):
             return run_check(args, source)
         source.locate()
         if args.once:
-            return run_once(args, source)
+            return export_one_round(args, source)
         exporter = Exporter(args, source)
 
         def on_signal(signum, _frame):
             LOG.info("received %s: stopping", signal.Signals(signum).name)
-            exporter.stop()
+            exporter.request_stop()
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a closed terminal stops cleanly too
             signal.signal(signum, on_signal)
@@ -1992,295 +2661,6 @@ def main(argv=None):
 
 
 # ===== END SHARED CORE =====
-
-
-# ---------------------------------------------------------------- macmon: where it lives
-
-def macmon_candidates(explicit):
-    """Every place macmon may be, in the order they are tried."""
-    home = os.path.expanduser("~")
-    places = []
-    if explicit:
-        places.append(("--macmon", explicit))
-    for env in ("MACMON", "EXO_MACMON_PATH"):
-        if env_get(env):
-            places.append((f"${env}", env_get(env)))
-    if env_get("EXO_RUNTIME_DIR"):
-        runtime = env_get("EXO_RUNTIME_DIR")
-        places += [("EXO runtime", os.path.join(runtime, "_internal", "macmon")),
-                   ("EXO runtime", os.path.join(runtime, "macmon"))]
-    for apps in ("/Applications", os.path.join(home, "Applications")):
-        resources = os.path.join(apps, "EXO.app", "Contents", "Resources")
-        places += [("EXO.app", os.path.join(resources, "exo", "_internal", "macmon")),
-                   ("EXO.app", os.path.join(resources, "exo", "macmon")),
-                   ("EXO.app", os.path.join(resources, "macmon"))]
-    places += [("Homebrew", "/opt/homebrew/bin/macmon"),
-               ("Homebrew (Intel prefix)", "/usr/local/bin/macmon"),
-               ("cargo", os.path.join(home, ".cargo", "bin", "macmon"))]
-    return places
-
-
-def find_macmon(explicit):
-    looked = []
-    for label, path in macmon_candidates(explicit):
-        looked.append(path)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path, label
-        if label in ("--macmon", "$MACMON", "$EXO_MACMON_PATH"):
-            # An explicit choice that does not exist is a mistake worth naming, not skipping.
-            raise ConfigError(f"{label} points at {path}, which is not an executable file", EXIT_NO_SOURCE)
-    on_path = which("macmon")
-    if on_path:
-        return on_path, "PATH"
-    looked.append("PATH")
-    raise ConfigError("macmon not found; looked in: " + ", ".join(looked) +
-                      ". Install it (brew install macmon) or pass --macmon PATH", EXIT_NO_SOURCE)
-
-
-def macmon_version(path):
-    """(major, minor, patch) from `macmon --version`, or None when it cannot tell."""
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    found = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
-    return tuple(int(x) for x in found.groups()) if found else None
-
-
-# ---------------------------------------------------------------- macmon: one line -> data points
-
-TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
-MINUTE_START = {}  # "YYYY-MM-DDTHH:MM" + zone -> Unix seconds; consecutive samples share a minute
-
-
-def parse_timestamp_ns(text):
-    """macmon's RFC 3339 time (0, 3, 6 or 9 fraction digits, +00:00) -> Unix ns. 3.9-safe."""
-    found = TIMESTAMP.match(text) if isinstance(text, str) else None
-    if not found:
-        raise ValueError(f"bad timestamp {text!r}")
-    minute, second, fraction, zone = found.groups()
-    key = minute + zone
-    seconds = MINUTE_START.get(key)
-    if seconds is None:
-        date, _, clock = minute.partition("T")
-        year, month, day = (int(x) for x in date.split("-"))
-        hour, mins = (int(x) for x in clock.split(":"))
-        seconds = calendar.timegm((year, month, day, hour, mins, 0, 0, 0, 0))
-        if zone != "Z":
-            sign = 1 if zone[0] == "+" else -1
-            seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
-        if len(MINUTE_START) > 4:
-            MINUTE_START.clear()
-        MINUTE_START[key] = seconds
-    nanos = int(fraction.ljust(9, "0")) if fraction else 0
-    return (seconds + int(second)) * 1_000_000_000 + nanos
-
-
-def reject_constant(name):
-    raise ValueError(f"non-finite number {name}")
-
-
-JSON_DECODER = json.JSONDecoder(parse_constant=reject_constant)  # made once: json.loads makes one per call
-
-
-def usage_ratio(document, keys):
-    """Prefer *_scaled_ratio (0.8.1+), then *_usage_ratio (0.8.0), then the legacy [MHz, ratio] pair."""
-    scaled_key, usage_key, legacy_key = keys
-    for value in (document.get(scaled_key), document.get(usage_key)):
-        if finite(value):
-            return float(value)
-    legacy = document.get(legacy_key)
-    if type(legacy) is list and len(legacy) > 1 and finite(legacy[1]):
-        return float(legacy[1])
-    return None
-
-
-POWER_FIELDS = [  # gauge, energy counter, macmon key
-    ("mac.power.total", "mac.energy.total", "all_power"),
-    ("mac.power.cpu", "mac.energy.cpu", "cpu_power"),
-    ("mac.power.gpu", "mac.energy.gpu", "gpu_power"),
-    ("mac.power.ane", "mac.energy.ane", "ane_power"),
-    ("mac.power.ram", "mac.energy.ram", "ram_power"),
-    ("mac.power.system", "mac.energy.system", "sys_power"),
-    ("mac.power.gpu_ram", None, "gpu_ram_power"),
-]
-TEMPERATURE_FIELDS = [("mac.temp.cpu", "cpu_temp_avg"), ("mac.temp.gpu", "gpu_temp_avg")]  # under "temp"
-USAGE_FIELDS = [(metric, (f"{prefix}_scaled_ratio", f"{prefix}_usage_ratio", f"{prefix}_usage"))
-                for metric, prefix in (("mac.gpu.usage", "gpu"), ("mac.cpu.ecpu_usage", "ecpu"),
-                                       ("mac.cpu.pcpu_usage", "pcpu"))]
-SWAP_FIELDS = [("mac.memory.swap_total", "swap_total"), ("mac.memory.swap_used", "swap_usage")]  # under "memory"
-
-
-def readings_from(document):
-    """macmon JSON -> {metric name: value}; a missing or unreadable reading is left out, never 0."""
-    readings = {}
-    for gauge, _energy, key in POWER_FIELDS:
-        watts = document.get(key)
-        if finite(watts) and watts >= 0 and (watts or key != "sys_power"):  # sys_power 0.0: SMC PSTR unreadable
-            readings[gauge] = float(watts)
-    temp = document.get("temp")
-    if type(temp) is dict:
-        for metric, key in TEMPERATURE_FIELDS:
-            celsius = temp.get(key)
-            if finite(celsius) and celsius > 0:  # 0.0 or null: no sensor
-                readings[metric] = float(celsius)
-    for metric, keys in USAGE_FIELDS:
-        ratio = usage_ratio(document, keys)
-        if ratio is not None:
-            readings[metric] = ratio
-    memory = document.get("memory")
-    if type(memory) is not dict:
-        return readings
-    ram_total = memory.get("ram_total")
-    if finite(ram_total) and ram_total:  # 0 total RAM means macmon could not read memory (seen on new chips)
-        readings["mac.memory.ram_total"] = int(ram_total)
-        ram_used = memory.get("ram_usage")
-        if finite(ram_used):
-            readings["mac.memory.ram_used"] = int(ram_used)
-        for metric, key in SWAP_FIELDS:
-            value = memory.get(key)
-            if finite(value):
-                readings[metric] = int(value)
-    return readings
-
-
-# A frozen channel (macOS 27 betas, macmon issue 76): without Apple's entitlement the CPU energy
-# counter stops, and macmon then reports cpu_power 0.0 W while the CPU is plainly busy. A power
-# domain that reads exactly 0.0 W for FROZEN_AFTER_S while its own usage is at least BUSY_RATIO
-# is a stopped counter, not a reading: its series (and mac.power.total, which includes it) are
-# left out until the channel moves again.
-FROZEN_AFTER_S = 60.0
-BUSY_RATIO = 0.05
-FREEZE_WATCH = [("mac.power.cpu", ("mac.cpu.ecpu_usage", "mac.cpu.pcpu_usage")),
-                ("mac.power.gpu", ("mac.gpu.usage",))]
-
-
-class FrozenChannels:
-    """Leaves out the readings of power channels that are frozen at 0.0 W (see FREEZE_WATCH)."""
-
-    def __init__(self):
-        self.zero_since = {}  # domain -> time (ns) its zeros under load began
-        self.frozen = set()
-
-    def filter(self, time_ns, readings):
-        for domain, usages in FREEZE_WATCH:
-            watts = readings.get(domain)
-            if watts is None:
-                continue
-            if watts != 0.0:
-                self.zero_since.pop(domain, None)
-                if domain in self.frozen:
-                    self.frozen.discard(domain)
-                    LOG.info("%s moves again (%.2f W): sending it again", domain, watts)
-                continue
-            if domain in self.frozen:
-                del readings[domain]
-                continue
-            usage = max(readings.get(name, 0.0) for name in usages)
-            if usage < BUSY_RATIO:
-                self.zero_since.pop(domain, None)
-                continue
-            since = self.zero_since.setdefault(domain, time_ns)
-            if time_ns - since >= FROZEN_AFTER_S * 1e9:
-                self.frozen.add(domain)
-                del readings[domain]
-                LOG.warning("%s has read exactly 0.0 W for %.0fs while usage is %.0f%%: the channel is frozen "
-                            "(macOS 27 betas, macmon issue 76), not idle; leaving it and mac.power.total out "
-                            "until it moves again", domain, (time_ns - since) / 1e9, usage * 100)
-        if self.frozen:
-            readings.pop("mac.power.total", None)  # it includes the frozen domain's share
-        return readings
-
-
-class Source:
-    """macmon as the source of samples: finding it, its command line, and its lines."""
-
-    DESCRIPTION = ("Send Apple-silicon power, temperature and load from macmon to an OpenTelemetry "
-                   "Collector as OTLP/HTTP JSON metrics.")
-    SETTINGS = [("--macmon", "MACMON", None,
-                 "macmon binary; else $EXO_MACMON_PATH, EXO.app's copy, Homebrew, ~/.cargo/bin, PATH")]
-
-    def __init__(self, args):
-        self.args = args
-        self.path = None
-        self.version = None
-        self.frozen_channels = FrozenChannels()  # not reset with macmon: a frozen channel stays frozen
-        self.reset()
-
-    @staticmethod
-    def extra_metrics():
-        return []
-
-    @staticmethod
-    def rows_per_interval():
-        return 1
-
-    @staticmethod
-    def starts_round():
-        return True
-
-    def locate(self):
-        self.path, self.found_by = find_macmon(self.args.macmon)
-        self.version = macmon_version(self.path)
-        LOG.debug("macmon %s at %s (found via %s)", self.version, self.path, self.found_by)
-
-    def command(self, interval):
-        """`-i` before the subcommand works on every version; `pipe` needs 0.4.2+, `raw` before."""
-        if self.path is None:
-            self.locate()
-        subcommand = "raw" if self.version is not None and self.version < (0, 4, 2) else "pipe"
-        return [self.path, "-i", str(max(100, int(round(interval * 1000)))), subcommand]
-
-    def reset(self):
-        """A new macmon process starts new energy series (new start time)."""
-        self.energy = {}
-        self.previous_ns = None
-
-    def parse_line(self, line, read_ns):
-        line = line.strip()
-        if not line:
-            return None
-        if not line.startswith("{"):
-            raise ValueError("not a JSON object")
-        try:
-            document, end = JSON_DECODER.raw_decode(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"invalid JSON ({exc.msg})")
-        if end != len(line):
-            raise ValueError("invalid JSON (extra data after the object)")
-        if not isinstance(document, dict):
-            raise ValueError("not a JSON object")
-        time_ns = parse_timestamp_ns(document["timestamp"]) if "timestamp" in document else read_ns
-        readings = readings_from(document)
-        if not readings:
-            raise ValueError("no known field")
-        return time_ns, self.points(time_ns, self.frozen_channels.filter(time_ns, readings))
-
-    def points(self, time_ns, readings):
-        interval = self.args.interval
-        seconds = window_seconds(self.previous_ns, time_ns, interval)
-        self.previous_ns = time_ns
-        points = encode_gauges(time_ns, readings)
-        for gauge, energy, _key in POWER_FIELDS:
-            if energy is None or gauge not in readings:
-                continue
-            counter = self.energy.get(energy)
-            if counter is None:
-                # The first window began one window before the first line.
-                counter = self.energy[energy] = EnergyCounter(time_ns - int(seconds * 1e9))
-            joules = counter.add(readings[gauge], seconds)
-            points.append((energy, encode_point(time_ns, joules, (), counter.start_ns)))
-        return points
-
-    def check(self, report, args):
-        try:
-            self.locate()
-        except ConfigError as exc:
-            report.fail("macmon found", str(exc))
-            return False
-        version = ".".join(map(str, self.version)) if self.version else "unknown version"
-        report.ok("macmon found", f"{self.path} ({self.found_by}), {version}")
-        return True
 
 
 if __name__ == "__main__":

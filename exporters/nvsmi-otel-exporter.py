@@ -2,8 +2,8 @@
 """nvsmi-otel-exporter: NVIDIA GPU power, temperature and load as OTLP/JSON metrics.
 
 Runs one long-lived `nvidia-smi --query-gpu=... --format=csv,noheader,nounits -lms <ms>` child,
-turns each row (one per GPU) into data points (gpu.power.*, gpu.energy, gpu.temp.*, ...) and
-sends them to an OpenTelemetry Collector over OTLP/HTTP with JSON encoding. Where Linux RAPL is
+turns each row (one per GPU) into readings (gpu.power.*, gpu.energy, gpu.temp.*, ...) and sends
+them to an OpenTelemetry Collector over OTLP/HTTP with JSON encoding. Where Linux RAPL is
 readable it adds host CPU power (host.power.cpu, host.energy.cpu), so an NVIDIA node compares
 fairly with a Mac whose mac.power.total includes the CPU.
 
@@ -17,8 +17,10 @@ Works from old drivers (R390, Maxwell) to current ones (R610): at every start it
 unknown field makes nvidia-smi fail the whole query. A reading the GPU cannot give ([N/A],
 [Not Supported], ...) is left out, never sent as 0.
 
-Data flows one way: nvidia-smi child -> parse a row -> build OTLP data points -> buffer -> send.
-Run with --help for every flag, its environment variable and its default.
+Read top to bottom: what this exporter sends and which nvidia-smi field it comes from (FIELDS),
+how nvidia-smi is found and asked, how one row becomes readings (the Source class), RAPL, then
+the shared core that buffers and sends (the same text in every exporter). Run with --help for
+every flag, its environment variable and its default.
 """
 from __future__ import annotations
 
@@ -50,28 +52,59 @@ SOURCE_NAME = "nvidia-smi"
 
 GAUGE, SUM = "gauge", "sum"
 
-# The series users' dashboards and alerts depend on: name, unit, kind, description.
-# Every GPU data point carries gpu.index, gpu.uuid, gpu.name and gpu.pci.bus_id.
-SOURCE_METRICS = [
-    ("gpu.power.board", "W", GAUGE, "Board power (nvidia-smi power.draw: 1 s average on Ampere+, else instant)"),
-    ("gpu.power.average", "W", GAUGE, "Board power averaged over 1 s (power.draw.average, R535+)"),
-    ("gpu.power.instant", "W", GAUGE, "Instantaneous board power (power.draw.instant, R535+)"),
-    ("gpu.power.module", "W", GAUGE, "Whole-module power, e.g. Grace+GPU (module.power.draw.average)"),
-    ("gpu.power.limit", "W", GAUGE, "Enforced power limit (enforced.power.limit)"),
-    ("gpu.energy", "J", SUM, "Board energy: gpu.power.board integrated over the real time between rows"),
-    ("gpu.temp.core", "Cel", GAUGE, "GPU core temperature (temperature.gpu)"),
-    ("gpu.temp.memory", "Cel", GAUGE, "HBM temperature (temperature.memory)"),
-    ("gpu.utilization.gpu", "1", GAUGE, "Time a kernel was running, 0-1 (utilization.gpu / 100)"),
-    ("gpu.utilization.memory", "1", GAUGE, "Time memory was read or written, 0-1 (utilization.memory / 100)"),
-    ("gpu.memory.used", "By", GAUGE, "Framebuffer memory in use (memory.used MiB x 1048576)"),
-    ("gpu.memory.total", "By", GAUGE, "Framebuffer memory size (memory.total MiB x 1048576)"),
-    ("gpu.clock.sm", "Hz", GAUGE, "SM clock (clocks.sm MHz x 1e6)"),
-    ("gpu.clock.memory", "Hz", GAUGE, "Memory clock (clocks.mem MHz x 1e6)"),
-    ("gpu.fan.speed", "1", GAUGE, "Intended fan speed, 0-1 (fan.speed / 100; may exceed 1)"),
-    ("gpu.pstate", "1", GAUGE, "Performance state: P0 -> 0 ... P15 -> 15"),
-    ("gpu.throttle.power", "1", GAUGE, "1 while a power-cap or power-brake clock event is active, else 0"),
-    ("gpu.throttle.thermal", "1", GAUGE, "1 while a thermal slowdown clock event is active, else 0"),
+
+# ---------------------------------------------------------------- nvidia-smi: what is sent, from where
+
+# One row per series; adding a series is adding a row. Columns: metric name, unit, our key for the
+# field, the names nvidia-smi knows it by (newest first: the first this driver offers is queried),
+# how to read the cell (a function below), description. Every GPU reading carries gpu.index,
+# gpu.uuid, gpu.name and gpu.pci.bus_id. The metric table, the query and the parser come from here.
+FIELDS = [
+    ("gpu.power.board", "W", "power.draw", ("power.draw",), "number",
+     "Board power (nvidia-smi power.draw: 1 s average on Ampere+, else instant)"),
+    ("gpu.power.average", "W", "power.draw.average", ("power.draw.average", "gpu.power.draw.average"), "number",
+     "Board power averaged over 1 s (power.draw.average, R535+)"),
+    ("gpu.power.instant", "W", "power.draw.instant", ("power.draw.instant", "gpu.power.draw.instant"), "number",
+     "Instantaneous board power (power.draw.instant, R535+)"),
+    ("gpu.power.module", "W", "module.power.draw.average", ("module.power.draw.average",), "number",
+     "Whole-module power, e.g. Grace+GPU (module.power.draw.average)"),
+    ("gpu.power.limit", "W", "enforced.power.limit", ("enforced.power.limit", "gpu.power.current_limit"), "number",
+     "Enforced power limit (enforced.power.limit)"),
+    ("gpu.temp.core", "Cel", "temperature.gpu", ("temperature.gpu",), "number",
+     "GPU core temperature (temperature.gpu)"),
+    ("gpu.temp.memory", "Cel", "temperature.memory", ("temperature.memory",), "number",
+     "HBM temperature (temperature.memory)"),
+    ("gpu.utilization.gpu", "1", "utilization.gpu", ("utilization.gpu",), "percent",
+     "Time a kernel was running, 0-1 (utilization.gpu / 100)"),
+    ("gpu.utilization.memory", "1", "utilization.memory", ("utilization.memory",), "percent",
+     "Time memory was read or written, 0-1 (utilization.memory / 100)"),
+    ("gpu.memory.used", "By", "memory.used", ("memory.used",), "mebibytes",
+     "Framebuffer memory in use (memory.used MiB x 1048576)"),
+    ("gpu.memory.total", "By", "memory.total", ("memory.total",), "mebibytes",
+     "Framebuffer memory size (memory.total MiB x 1048576)"),
+    ("gpu.clock.sm", "Hz", "clocks.sm", ("clocks.sm", "clocks.current.sm"), "megahertz",
+     "SM clock (clocks.sm MHz x 1e6)"),
+    ("gpu.clock.memory", "Hz", "clocks.mem", ("clocks.mem", "clocks.current.memory"), "megahertz",
+     "Memory clock (clocks.mem MHz x 1e6)"),
+    ("gpu.fan.speed", "1", "fan.speed", ("fan.speed",), "percent",
+     "Intended fan speed, 0-1 (fan.speed / 100; may exceed 1)"),
+    ("gpu.pstate", "1", "pstate", ("pstate",), "pstate", "Performance state: P0 -> 0 ... P15 -> 15"),
+    ("gpu.throttle.power", "1", "clock_events", ("clocks_event_reasons.active", "clocks_throttle_reasons.active"),
+     "power_events", "1 while a power-cap or power-brake clock event is active, else 0"),
+    ("gpu.throttle.thermal", "1", "clock_events", ("clocks_event_reasons.active", "clocks_throttle_reasons.active"),
+     "thermal_events", "1 while a thermal slowdown clock event is active, else 0"),
 ]
+# Who each row is about: asked for first, in this order, on every driver.
+IDENTITY_FIELDS = [("index", ("index",)), ("uuid", ("uuid", "gpu_uuid")), ("name", ("name", "gpu_name")),
+                   ("pci.bus_id", ("pci.bus_id", "gpu_bus_id"))]
+IDENTITY = tuple(key for key, _names in IDENTITY_FIELDS)
+ENERGY = ("gpu.energy", "gpu.power.board",
+          "Board energy: gpu.power.board integrated over the real time between rows")
+
+SOURCE_METRICS = ([(name, unit, GAUGE, text) for name, unit, _key, _names, _how, text in FIELDS]
+                  + [(ENERGY[0], "J", SUM, ENERGY[2])])
+# What we ask for: (our key, the names nvidia-smi knows it by), each key once.
+WANTED_FIELDS = IDENTITY_FIELDS + list({key: (key, names) for _n, _u, key, names, _h, _t in FIELDS}.values())
 
 RAPL_METRICS = [
     ("host.energy.cpu", "J", SUM, "CPU energy from Linux RAPL, per zone (attribute rapl.zone)"),
@@ -79,11 +112,433 @@ RAPL_METRICS = [
 ]
 
 
+# ---------------------------------------------------------------- nvidia-smi: where it lives
+
+def find_nvidia_smi(explicit):
+    looked = []
+    for label, path in (("--nvidia-smi", explicit), ("$NVIDIA_SMI", env_get("NVIDIA_SMI"))):
+        if path:
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+            raise ConfigError(f"{label} points at {path}, which is not an executable file", EXIT_NO_SOURCE)
+    on_path = which("nvidia-smi")
+    if on_path:
+        return on_path
+    looked.append("PATH")
+    for path in ("/usr/bin/nvidia-smi", "/usr/local/bin/nvidia-smi"):
+        looked.append(path)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise ConfigError("nvidia-smi not found; looked in: " + ", ".join(looked) +
+                      ". Install the NVIDIA driver or pass --nvidia-smi PATH", EXIT_NO_SOURCE)
+
+
+class SourceStartError(OSError):
+    """nvidia-smi could not tell us its fields; the supervisor backs off and tries again."""
+
+
+def run_nvidia_smi(path, args, timeout):
+    """One short nvidia-smi call with a hard timeout. Returns (exit code, stdout)."""
+    try:
+        done = subprocess.run([path, *args], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise SourceStartError(f"`nvidia-smi {' '.join(args)}` did not answer within {timeout:.0f}s")
+    return done.returncode, done.stdout + done.stderr
+
+
+def offered_fields(help_text):
+    """Every field name and alias listed by --help-query-gpu (`"name" or "alias"` lines)."""
+    names = set()
+    for line in help_text.splitlines():
+        if line.startswith('"'):
+            names.update(re.findall(r'"([^"]+)"', line))
+    return names
+
+
+def choose_fields(offered):
+    """(our keys, the names to query) for the fields this driver offers, in WANTED_FIELDS order."""
+    keys, names = [], []
+    for key, aliases in WANTED_FIELDS:
+        for name in aliases:
+            if name in offered:
+                keys.append(key)
+                names.append(name)
+                break
+    return keys, names
+
+
+# ---------------------------------------------------------------- nvidia-smi: one row -> readings
+
+# "No value" spellings; any other bracketed text is treated the same way.
+ABSENT = {"", "n/a", "[n/a]", "[not supported]", "[unknown error]", "[insufficient permissions]",
+          "[requested functionality has been deprecated]", "[function not found]", "[gpu is lost]", "err!"}
+
+# NVML clock event reason bits (nvml.h nvmlClocksEventReason*)
+SW_POWER_CAP, HW_SLOWDOWN, SW_THERMAL, HW_THERMAL, HW_POWER_BRAKE = 0x4, 0x8, 0x20, 0x40, 0x80
+
+
+def cell_number(text):
+    """A CSV cell as a float, or None for every spelling of "no value"."""
+    text = text.strip()
+    if text.lower() in ABSENT or text.startswith("["):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if finite(value) else None
+
+
+# How to read a cell (the fifth column of FIELDS): text -> value, or None when the GPU has no
+# reading. A negative power, temperature, size or clock is no reading either.
+
+def number(text):
+    value = cell_number(text)
+    return value if value is not None and value >= 0 else None
+
+
+def percent(text):
+    value = number(text)
+    return None if value is None else value / 100.0
+
+
+def mebibytes(text):
+    value = number(text)
+    return None if value is None else int(round(value * 1048576))
+
+
+def megahertz(text):
+    value = number(text)
+    return None if value is None else int(round(value * 1e6))
+
+
+def pstate(text):
+    found = re.fullmatch(r"P(\d{1,2})", text.strip())
+    return int(found.group(1)) if found else None
+
+
+def event_mask(text):
+    text = text.strip()
+    return int(text, 16) if re.fullmatch(r"0x[0-9a-fA-F]+", text) else None
+
+
+def power_events(text):
+    mask = event_mask(text)
+    return None if mask is None else (1 if mask & (SW_POWER_CAP | HW_POWER_BRAKE) else 0)
+
+
+def thermal_events(text):
+    mask = event_mask(text)
+    return None if mask is None else (1 if mask & (SW_THERMAL | HW_THERMAL) else 0)
+
+
+READERS = {"number": number, "percent": percent, "mebibytes": mebibytes, "megahertz": megahertz,
+           "pstate": pstate, "power_events": power_events, "thermal_events": thermal_events}
+FIELD_READERS = [(name, key, READERS[how]) for name, _unit, key, _names, how, _text in FIELDS]
+# Lines nvidia-smi prints between rows that an operator must see (Xid, ECC, a GPU that is lost).
+EVENT_LINE = re.compile(r"xid|ecc|gpu is lost|unable to determine the device handle", re.IGNORECASE)
+
+
+class RaplReader:
+    """Linux RAPL energy counters (/sys/class/powercap/intel-rapl:*), wrap-safe, as J and W per zone."""
+
+    def __init__(self, root):
+        self.root = root
+        self.zones = {}     # path -> zone name
+        self.previous = {}  # path -> (energy_uj, time_ns)
+        self.total_j = {}
+        self.max_uj = {}
+        self.start_ns = None
+        self.disabled = None
+        self.discover()
+
+    def discover(self):
+        paths = sorted(glob.glob(os.path.join(self.root, "intel-rapl:*")))
+        if not paths:
+            self.disabled = f"no RAPL zones under {self.root} (not an Intel/AMD host, or powercap not loaded)"
+            return
+        names = {}
+        for path in paths:
+            name = self.read_text(os.path.join(path, "name")) or os.path.basename(path)
+            names[os.path.basename(path)] = name
+        for path in paths:
+            base = os.path.basename(path)
+            parent = base.rsplit(":", 1)[0]
+            zone = names[base] if base.count(":") == 1 else f"{names.get(parent, parent)}/{names[base]}"
+            self.zones[path] = zone
+            self.max_uj[path] = int(self.read_text(os.path.join(path, "max_energy_range_uj")) or 0)
+        for path in self.zones:
+            try:
+                with open(os.path.join(path, "energy_uj")) as fh:
+                    fh.read()
+            except PermissionError:
+                self.disabled = (f"RAPL is not readable ({path}/energy_uj: permission denied; root-only since "
+                                 f"Linux 5.10): host.power.cpu is left out. Run as root to include CPU power")
+                return
+            except OSError as exc:
+                self.disabled = f"RAPL is not readable ({path}/energy_uj: {exc.strerror})"
+                return
+
+    @staticmethod
+    def read_text(path):
+        try:
+            with open(path) as fh:
+                return fh.read().strip()
+        except OSError:
+            return None
+
+    def readings(self, time_ns):
+        """host.energy.cpu and host.power.cpu readings for every zone, from one read of the counters."""
+        if self.disabled:
+            return []
+        if self.start_ns is None:
+            self.start_ns = time_ns
+        out = []
+        for path, zone in self.zones.items():
+            text = self.read_text(os.path.join(path, "energy_uj"))
+            if text is None or not text.isdigit():
+                continue
+            energy_uj = int(text)
+            previous = self.previous.get(path)
+            self.previous[path] = (energy_uj, time_ns)
+            if previous is None:
+                self.total_j[path] = 0.0
+                continue
+            delta_uj = energy_uj - previous[0]
+            if delta_uj < 0:  # the counter wrapped at max_energy_range_uj
+                delta_uj += self.max_uj[path] if self.max_uj[path] else 0
+            if delta_uj < 0:
+                continue
+            seconds = (time_ns - previous[1]) / 1e9
+            self.total_j[path] += delta_uj / 1e6
+            attributes = (("rapl.zone", zone),)
+            out.append(("host.energy.cpu", self.total_j[path], attributes, self.start_ns))
+            if seconds > 0:
+                out.append(("host.power.cpu", delta_uj / 1e6 / seconds, attributes, 0))
+        return out
+
+
+# ---------------------------------------------------------------- the Source contract
+# What the shared core below asks of a source (every exporter's Source class keeps it):
+#   Source(args)               made once from the parsed flags; DESCRIPTION and SETTINGS
+#                              ([(flag, environment variable, default, help), ...]) make its --help
+#   extra_metrics()            series beyond SOURCE_METRICS that it may send
+#   locate()                   find the binary, or raise ConfigError(message, EXIT_NO_SOURCE)
+#   command(interval)          the long-lived child's argv. Raising OSError means "cannot start it
+#                              now": the supervisor logs it, waits (1 s doubling to 30 s), tries again
+#   reset()                    a new child starts: its energy series start again (new start time)
+#   parse_line(line, read_ns)  None (a line without data) or (time ns, readings), a reading being
+#                              (metric, value, attributes, start ns or 0 for a gauge). Raising
+#                              ValueError skips the line: counted, and warned about once a minute
+#   starts_round()             whether the line just parsed began a round (one line for macmon, the
+#                              lowest GPU's row for nvidia-smi): the exporter's own series go there
+#   rows_per_interval()        lines per interval: sizes the buffer's default hour
+#   check(report, args)        --check's checks of the source; False when no sample can be taken
+
+class Source:
+    """nvidia-smi as the source of samples: its fields, its command line, and its rows."""
+
+    DESCRIPTION = ("Send NVIDIA GPU power, temperature and load from nvidia-smi (and host CPU power from "
+                   "Linux RAPL) to an OpenTelemetry Collector as OTLP/HTTP JSON metrics.")
+    SETTINGS = [
+        ("--nvidia-smi", "NVIDIA_SMI", None, "nvidia-smi binary; else PATH, /usr/bin, /usr/local/bin"),
+        ("--rapl-root", "TPW_RAPL_ROOT", "/sys/class/powercap", "where the RAPL powercap tree is"),
+        ("--nvidia-smi-timeout", "TPW_NVIDIA_SMI_TIMEOUT", "20",
+         "seconds to wait for one-off calls (--help-query-gpu takes seconds on big boxes; a hung driver "
+         "must not hang the exporter)"),
+    ]
+
+    def __init__(self, args):
+        self.args = args
+        try:
+            self.timeout = float(args.nvidia_smi_timeout)
+        except ValueError:
+            raise ConfigError(f"--nvidia-smi-timeout {args.nvidia_smi_timeout!r}: a number of seconds")
+        self.path = None
+        self.keys = []
+        self.missing = []
+        self.energy = {}
+        self.previous = {}
+        self.rapl = None
+        self.rapl_announced = False
+        self.events_said = {}  # event text -> when it was last logged
+        self.previous_index = None
+        self.round_start = True
+        self.gpu_count = None
+
+    @staticmethod
+    def extra_metrics():
+        return RAPL_METRICS
+
+    def locate(self):
+        self.path = find_nvidia_smi(self.args.nvidia_smi)
+
+    def command(self, interval):
+        """Ask this driver which fields it offers, then stream only those."""
+        if self.path is None:
+            self.locate()
+        code, text = run_nvidia_smi(self.path, ["--help-query-gpu"], self.timeout)
+        offered = offered_fields(text) if code == 0 else set()
+        if not offered:
+            first = next((line for line in text.splitlines() if line.strip()), "no output")
+            raise SourceStartError(f"`nvidia-smi --help-query-gpu` failed (exit {code}): {first.strip()}")
+        self.keys, names = choose_fields(offered)
+        self.missing = [key for key, _aliases in WANTED_FIELDS if key not in self.keys]
+        if any(key not in self.keys for key in IDENTITY):
+            raise SourceStartError("this nvidia-smi offers no index/uuid/name/pci.bus_id fields")
+        if self.missing:
+            LOG.info("this driver does not offer: %s (those series are left out)", ", ".join(self.missing))
+        if self.rapl is None:
+            # Read the counters once now, so the first round's row already has a window to give
+            # CPU power over (--once sends that round alone).
+            self.rapl = RaplReader(self.args.rapl_root)
+            self.rapl.readings(time.time_ns())
+        return [self.path, "--query-gpu=" + ",".join(names), "--format=csv,noheader,nounits",
+                "-lms", str(max(100, int(round(interval * 1000))))]
+
+    def reset(self):
+        """A new nvidia-smi process starts new energy series (new start time)."""
+        self.energy = {}
+        self.previous = {}
+
+    def parse_line(self, line, read_ns):
+        if not line.strip():
+            return None
+        if EVENT_LINE.search(line) and not line[:1].isdigit():
+            self.log_event(line.strip())
+            return None
+        cells = [cell.strip() for cell in line.split(",")]
+        if len(cells) != len(self.keys) or not cells[0].isdigit():
+            gpu = f"GPU {cells[0]}'s row: " if cells[0].isdigit() else ""
+            raise ValueError(f"{gpu}expected {len(self.keys)} columns, got {len(cells)}")
+        row = dict(zip(self.keys, cells))
+        if not row["uuid"].startswith(("GPU-", "MIG-")):
+            raise ValueError(f"GPU {row['index']}'s row: bad GPU UUID {row['uuid']!r}")
+        if "[gpu is lost]" in line.lower():
+            self.log_event(f"GPU {row['index']} ({row['pci.bus_id']}) is lost: its series stop until it is "
+                           f"back (usually after a reboot)")
+        return read_ns, self.gpu_readings(read_ns, row) + self.host_readings(read_ns, row)
+
+    def log_event(self, text):
+        """Xid, ECC and lost-GPU messages matter to an operator: each logged, at most once a minute."""
+        now = time.monotonic()
+        if now - self.events_said.get(text, -3600.0) > 60:
+            if len(self.events_said) > 256:
+                self.events_said.clear()
+            self.events_said[text] = now
+            LOG.warning("nvidia-smi reported: %s", one_line(text, 200))
+
+    def gpu_readings(self, time_ns, row):
+        attributes = (("gpu.index", row["index"]), ("gpu.uuid", row["uuid"]), ("gpu.name", row["name"]),
+                      ("gpu.pci.bus_id", row["pci.bus_id"]))
+        readings = []
+        board_watts = None
+        for name, key, read in FIELD_READERS:
+            text = row.get(key)
+            value = None if text is None else read(text)
+            if value is not None:
+                readings.append((name, value, attributes, 0))
+                if name == ENERGY[1]:
+                    board_watts = value
+        return readings + self.energy_reading(time_ns, row["uuid"], board_watts, attributes)
+
+    def energy_reading(self, time_ns, gpu, watts, attributes):
+        """Trapezoids between consecutive rows of the same GPU; a row without power breaks the chain."""
+        previous = self.previous.get(gpu)
+        self.previous[gpu] = (time_ns, watts) if watts is not None else None
+        if watts is None:
+            return []
+        counter = self.energy.get(gpu)
+        if counter is None:
+            # The series starts at this row; its first point comes with the next row.
+            self.energy[gpu] = EnergyCounter(time_ns)
+            return []
+        if previous is not None:
+            seconds = window_seconds(previous[0], time_ns, self.args.interval)
+            counter.add((previous[1] + watts) / 2.0, seconds)
+        return [(ENERGY[0], counter.joules, attributes, counter.start_ns)]
+
+    def starts_round(self):
+        """True when the last row parsed began a round."""
+        return self.round_start
+
+    def host_readings(self, time_ns, row):
+        """RAPL is read once per nvidia-smi round, with its first row. A round begins where the GPU
+        index stops rising, so that a round without GPU 0 (lost, or its row malformed) still has one."""
+        index = int(row["index"])
+        self.round_start = self.previous_index is None or index <= self.previous_index
+        self.previous_index = index
+        if not self.round_start:
+            return []
+        if self.rapl is None:
+            self.rapl = RaplReader(self.args.rapl_root)
+        if self.rapl.disabled and not self.rapl_announced:
+            self.rapl_announced = True
+            LOG.info("%s", self.rapl.disabled)
+        return self.rapl.readings(time_ns)
+
+    def rows_per_interval(self):
+        """One sample per GPU row: the buffer's default hour is this many samples per interval."""
+        if self.gpu_count is None:
+            self.gpu_count = 1
+            try:
+                code, text = run_nvidia_smi(self.path, ["-L"], self.timeout)
+                if code == 0:
+                    self.gpu_count = max(1, sum(1 for line in text.splitlines() if line.startswith("GPU ")))
+            except SourceStartError as exc:
+                LOG.warning("%s", exc)
+        return self.gpu_count
+
+    def check(self, report, args):
+        try:
+            self.locate()
+        except ConfigError as exc:
+            report.fail("nvidia-smi found", str(exc))
+            return False
+        report.ok("nvidia-smi found", self.path)
+        try:
+            code, text = run_nvidia_smi(self.path, ["--query-gpu=driver_version,persistence_mode,name",
+                                                    "--format=csv,noheader"], self.timeout)
+            if code != 0:
+                report.fail("driver answers", f"exit {code}: {text.strip().splitlines()[0] if text.strip() else ''}")
+                return False
+            rows = [line for line in text.splitlines() if line.strip()]
+            report.ok("driver version", rows[0].split(",")[0].strip() if rows else "unknown")
+            report.ok("GPUs seen", f"{len(rows)}: " + "; ".join(r.split(",")[2].strip() for r in rows if
+                                                             r.count(",") >= 2))
+            off = [i for i, r in enumerate(rows) if ", Disabled," in r + ","]
+            if off:
+                report.warn("persistence mode", f"off on GPU {off}: each nvidia-smi start re-initialises the GPU; "
+                                                "enable it with `nvidia-smi -pm 1` or nvidia-persistenced")
+            else:
+                report.ok("persistence mode", "on")
+            self.command(args.interval)
+        except SourceStartError as exc:
+            report.fail("driver answers", str(exc))
+            return False
+        if self.missing:
+            report.warn("fields this driver lacks", ", ".join(self.missing))
+        else:
+            report.ok("fields", "every wanted field is offered")
+        rapl = RaplReader(args.rapl_root)
+        if rapl.disabled:
+            report.warn("RAPL (host CPU power)", rapl.disabled)
+        else:
+            report.ok("RAPL (host CPU power)", ", ".join(rapl.zones.values()))
+        return True
+
+
 # ===== BEGIN SHARED CORE: identical in every exporter; edit once, run `make sync` =====
 # Everything from here to END SHARED CORE is the same text in macmon-otel-exporter.py and
-# nvsmi-otel-exporter.py (tests/test_shared_core.py compares them). The exporter-specific code
-# above and below defines SERVICE_NAME, SCOPE_NAME, DEFAULT_CLUSTER, SOURCE_NAME,
-# SOURCE_METRICS and the Source class used by main().
+# nvsmi-otel-exporter.py (tests/test_shared_core.py holds both to the last synced copy). It needs
+# from the part above: SERVICE_NAME, SCOPE_NAME, DEFAULT_CLUSTER, SOURCE_NAME, SOURCE_METRICS and
+# the Source class, whose contract is written above it.
+#
+# The data flows one way:
+#   Supervisor (the source child's lines) -> Source.parse_line -> readings -> Sample -> SampleBuffer
+#   -> Sender thread -> encode_request (OTLP/JSON, only here) -> OtlpHttpClient -> the collector.
+# The Spool keeps the buffer's unsent samples on disk during an outage and at exit.
 
 # Exit codes: documented in --help and docs/exporters.md.
 EXIT_OK = 0
@@ -93,11 +548,12 @@ EXIT_NO_SOURCE = 3      # macmon / nvidia-smi not found
 EXIT_SOURCE_USAGE = 4   # the source rejected its arguments (exit 2): a configuration error
 EXIT_EXPORT_FAILED = 5  # --once / --check: the collector did not accept the data
 EXIT_ENV_FILE = 6       # --env-file missing, unreadable, malformed or readable by others
+EXIT_SPOOL_IN_USE = 7   # another exporter holds --spool-dir
 
 LOG = logging.getLogger(SERVICE_NAME)
 
 # Reasons a data point can be dropped; each is a value of the `reason` attribute.
-DROP_REASONS = ("buffer_full", "rejected", "too_large", "shutdown", "spool_full")
+DROP_REASONS = ("buffer_full", "rejected", "too_large", "shutdown", "spool_full", "out_of_range", "unencodable")
 
 SELF_METRICS = [
     ("exporter.samples.read", "{sample}", SUM, "Samples parsed from the source since the exporter started"),
@@ -122,7 +578,6 @@ class ConfigError(Exception):
 
 class SourceUsageError(Exception):
     """The source exited 2: it does not accept the arguments we gave it."""
-
 
 # ---------------------------------------------------------------- configuration
 
@@ -243,6 +698,8 @@ SHARED_SETTINGS = [
      "samples kept while the collector is away; default one hour of samples"),
     ("--spool-dir", "TPW_SPOOL_DIR", None, "keep unsent samples in this folder across restarts"),
     ("--spool-max-bytes", "TPW_SPOOL_MAX_BYTES", "52428800", "size bound of the spool file"),
+    ("--spool-every", "TPW_SPOOL_EVERY", "10",
+     "seconds between spool writes during an outage: the most a crash or SIGKILL can lose"),
     ("--batch-max", "TPW_BATCH_MAX", "500",
      "most samples in one export request (fewer where its body would pass 64 KiB)"),
     ("--self-report-interval", "TPW_SELF_REPORT_INTERVAL", "10",
@@ -272,7 +729,7 @@ def build_parser(source_settings, description):
         shown = "none" if default is None else default
         kwargs = {"dest": dest, "default": env_get(env, default),
                   "help": f"{text} [env {env}; default {shown}]"}
-        if flag in ("--interval", "--self-report-interval"):
+        if flag in ("--interval", "--self-report-interval", "--spool-every"):
             kwargs["type"] = interval_value
         elif flag in ("--buffer-max", "--batch-max", "--spool-max-bytes"):
             kwargs["type"] = positive_int
@@ -306,7 +763,8 @@ def exit_codes_help():
             f"  {EXIT_NO_SOURCE}  {SOURCE_NAME} not found (the message lists every place looked)\n"
             f"  {EXIT_SOURCE_USAGE}  {SOURCE_NAME} rejected its arguments (exit 2): configuration error\n"
             f"  {EXIT_EXPORT_FAILED}  --once/--check: the collector did not accept the data\n"
-            f"  {EXIT_ENV_FILE}  --env-file missing, malformed or readable by others\n")
+            f"  {EXIT_ENV_FILE}  --env-file missing, malformed or readable by others\n"
+            f"  {EXIT_SPOOL_IN_USE}  another exporter holds --spool-dir\n")
 
 
 def finish_config(args):
@@ -431,6 +889,129 @@ def name_based_uuid(namespace, name):
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+
+# ---------------------------------------------------------------- readings and samples
+#
+# A reading is (metric name, value, attributes, start time ns): attributes a tuple of (key, value)
+# pairs, start 0 for a gauge. A Sample holds the readings of one source line: its time, a layout
+# (the readings' name, attributes and start, shared by every sample of the same shape) and the
+# values. Samples hold numbers, never JSON: encoding happens once, when a request is built.
+
+MAX_INT64 = 2 ** 63 - 1
+# What a reading of each unit can plausibly be; anything past it (1e308 W, an overflowed counter)
+# is left out and counted, so that no value can break a request (OTLP has no Infinity, an asInt
+# is an int64). Units not listed are bounded by int64.
+UNIT_LIMITS = {"W": 1e6, "J": 1e18, "Cel": 1e3, "1": 1e6, "Hz": 1e12, "By": float(MAX_INT64)}
+MAX_WATTS = UNIT_LIMITS["W"]
+MAX_CLOCK_SKEW_NS = 86400 * 10 ** 9  # a sample stamped more than a day from its read time is a bad line
+
+
+def reject_constant(name):
+    raise ValueError(f"non-finite number {name}")
+
+
+STRICT_JSON = json.JSONDecoder(parse_constant=reject_constant)  # NaN and Infinity are not numbers here
+
+
+def finite(value):
+    """A real number: not a bool, not NaN, not infinite (inf - inf and nan - nan are NaN)."""
+    return type(value) in (int, float) and value - value == 0
+
+
+class MetricTable:
+    """Name -> (unit, kind, description) for every series this exporter can send."""
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+        self.by_name = {name: (unit, kind, text) for name, unit, kind, text in self.rows}
+        self.limits = {name: UNIT_LIMITS.get(unit, float(MAX_INT64)) for name, unit, _k, _t in self.rows}
+        self.headers = {name: self.encode_header(name) for name in self.by_name}
+
+    def as_json(self):
+        return [{"name": n, "unit": u, "type": "sum" if k == SUM else "gauge",
+                 "monotonic": k == SUM, "description": t} for n, u, k, t in self.rows]
+
+    def encode_header(self, name):
+        """The Metric object up to its dataPoints list, as JSON text (made once per metric)."""
+        unit, kind, text = self.by_name[name]
+        head = '{"name":%s,"description":%s,"unit":%s,' % (json_str(name), json_str(text), json_str(unit))
+        if kind == SUM:
+            return head + '"sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":['
+        return head + '"gauge":{"dataPoints":['
+
+    def plausible(self, name, value):
+        """A value of a known series, a number within what its unit can be (and int64 for an int)."""
+        limit = self.limits.get(name)
+        if limit is None or not finite(value):
+            return False
+        return -limit <= value <= limit
+
+
+LAYOUTS = {}  # every distinct sample shape, once: the buffer's samples share them
+
+
+class Sample:
+    """The readings of one source line (see above), waiting to be sent."""
+
+    __slots__ = ("time_ns", "layout", "values", "resource", "seq", "unanswered")
+
+    def __init__(self, time_ns, layout, values, resource=None):
+        self.time_ns = time_ns
+        self.layout = layout      # ((metric name, attributes, start ns), ...)
+        self.values = values      # (number, ...) in layout order
+        self.resource = resource  # encoded resource attributes; None: this run's
+        self.seq = 0              # set by the buffer: the order samples were read in
+        # Requests that carried this sample, went out whole and got no answer: the collector may
+        # have stored each, so each is a possible duplicate once the sample is delivered.
+        self.unanswered = 0
+
+    def readings(self):
+        return [(name, value, attributes, start) for (name, attributes, start), value in zip(self.layout, self.values)]
+
+
+def make_sample(time_ns, readings, table, resource=None):
+    """readings -> (Sample or None when nothing is left, readings left out as implausible)."""
+    keys, values = [], []
+    plausible = table.plausible
+    for name, value, attributes, start in readings:
+        if plausible(name, value):
+            keys.append((name, attributes, start))
+            values.append(value)
+    if not values:
+        return None, len(readings)
+    layout = tuple(keys)
+    shared = LAYOUTS.get(layout)
+    if shared is None:
+        if len(LAYOUTS) >= 4096:  # shapes that come and go (GPUs, restarts) must not pile up
+            LAYOUTS.clear()
+        shared = LAYOUTS[layout] = layout
+    return Sample(time_ns, shared, tuple(values), resource), len(readings) - len(values)
+
+
+class EnergyCounter:
+    """Power integrated over back-to-back sample windows: a monotonic cumulative Sum in joules."""
+
+    def __init__(self, start_ns):
+        self.start_ns = start_ns
+        self.joules = 0.0
+
+    def add(self, watts, seconds):
+        # An implausible power is not integrated: one absurd reading must not poison the series.
+        if 0 <= watts <= MAX_WATTS and 0 < seconds:
+            self.joules += watts * seconds
+        return self.joules
+
+
+def window_seconds(previous_ns, time_ns, interval):
+    """The real time a sample covers; an implausible gap (sleep, stall) counts as one interval."""
+    if previous_ns is None:
+        return interval
+    seconds = (time_ns - previous_ns) / 1e9
+    if 0.5 * interval <= seconds <= 2.0 * interval:
+        return seconds
+    return interval
+
+
 # ---------------------------------------------------------------- OTLP/JSON encoding
 
 def json_str(text):
@@ -463,9 +1044,9 @@ def encode_attributes(pairs):
     return text
 
 
-def point_head(time_ns, attributes=(), start_ns=0):
-    """A NumberDataPoint up to its value (attributes, start, time): the points of one sample share it.
-    64-bit integers go as JSON strings."""
+def point_head(time_ns, attributes, start_ns):
+    """A NumberDataPoint up to its value; the readings of one sample with the same attributes
+    share it. 64-bit integers go as JSON strings."""
     head = '{"attributes":%s,' % encode_attributes(attributes) if attributes else "{"
     if start_ns:
         head += '"startTimeUnixNano":"%d",' % start_ns
@@ -479,107 +1060,48 @@ def encode_value(head, value):
     return '%s"asDouble":%r}' % (head, float(value))
 
 
-def encode_point(time_ns, value, attributes=(), start_ns=0):
-    """One NumberDataPoint as JSON text; the value is always present."""
-    return encode_value(point_head(time_ns, attributes, start_ns), value)
+REQUEST_HEAD = '{"resourceMetrics":['
+SCOPE_METRICS = ('{"resource":{"attributes":%s},"scopeMetrics":[{"scope":{"name":' + json_str(SCOPE_NAME)
+                 + ',"version":' + json_str(__version__) + '},"metrics":[%s]}]}')
 
 
-SOURCE_GAUGES = [name for name, _unit, kind, _text in SOURCE_METRICS if kind == GAUGE]
-
-
-def encode_gauges(time_ns, readings, attributes=()):
-    """{metric name: value} of one sample -> [(metric name, data point JSON text), ...] in table
-    order. The hot path of every sample: the shared part of the points is formatted once."""
-    head = point_head(time_ns, attributes)
-    return [(name, encode_value(head, readings[name])) for name in SOURCE_GAUGES if name in readings]
-
-
-class MetricTable:
-    """Name -> (unit, kind, description) for every series this exporter can send."""
-
-    def __init__(self, rows):
-        self.rows = list(rows)
-        self.by_name = {name: (unit, kind, text) for name, unit, kind, text in self.rows}
-        self.headers = {name: self.encode_header(name) for name in self.by_name}
-
-    def as_json(self):
-        return [{"name": n, "unit": u, "type": "sum" if k == SUM else "gauge",
-                 "monotonic": k == SUM, "description": t} for n, u, k, t in self.rows]
-
-    def encode_header(self, name):
-        """The Metric object up to its dataPoints list, as JSON text (made once per metric)."""
-        unit, kind, text = self.by_name[name]
-        head = '{"name":%s,"description":%s,"unit":%s,' % (json_str(name), json_str(text), json_str(unit))
-        if kind == SUM:
-            return head + '"sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":['
-        return head + '"gauge":{"dataPoints":['
-
-
-def build_request(table, resource_json, samples):
-    """Many samples -> one ExportMetricsServiceRequest (JSON text), series grouped by metric name
-    (in the order they first appear: the order of metrics in a request carries no meaning)."""
-    grouped = {}
+def encode_request(table, resource_json, samples):
+    """Samples -> one ExportMetricsServiceRequest as JSON text, and the count of readings left out
+    because this version has no such metric (a spool from another version). Points are grouped
+    by resource, then by metric (in the order they first appear, which carries no meaning)."""
+    headers = table.headers
+    by_resource = {}
+    unknown = 0
     for sample in samples:
-        for name, point in sample.points:
+        grouped = by_resource.get(sample.resource or resource_json)
+        if grouped is None:
+            grouped = by_resource[sample.resource or resource_json] = {}
+        time_ns = sample.time_ns
+        heads = {}
+        for (name, attributes, start), value in zip(sample.layout, sample.values):
+            if name not in headers:
+                unknown += 1
+                continue
+            head = heads.get((attributes, start))
+            if head is None:
+                head = heads[(attributes, start)] = point_head(time_ns, attributes, start)
             points = grouped.get(name)
             if points is None:
-                grouped[name] = [point]
+                grouped[name] = [encode_value(head, value)]
             else:
-                points.append(point)
-    headers = table.headers
-    metrics = ",".join([headers[name] + ",".join(points) + "]}}" for name, points in grouped.items()])
-    return REQUEST_TEMPLATE % (resource_json, metrics)
-
-
-REQUEST_TEMPLATE = ('{"resourceMetrics":[{"resource":{"attributes":%s},"scopeMetrics":[{"scope":{"name":'
-                    + json_str(SCOPE_NAME) + ',"version":' + json_str(__version__) + '},"metrics":[%s]}]}]}')
-
-
-class Sample:
-    """One reading of the source: its time and its data points, already encoded as JSON text."""
-
-    __slots__ = ("time_ns", "points", "unanswered")
-
-    def __init__(self, time_ns, points):
-        self.time_ns = time_ns
-        self.points = points  # [(metric name, data point JSON text), ...]
-        # Requests that carried this sample, went out whole and got no answer: the collector may
-        # have stored each, so each is a possible duplicate once the sample is delivered.
-        self.unanswered = 0
-
-
-class EnergyCounter:
-    """Power integrated over back-to-back sample windows: a monotonic cumulative Sum in joules."""
-
-    def __init__(self, start_ns):
-        self.start_ns = start_ns
-        self.joules = 0.0
-
-    def add(self, watts, seconds):
-        if watts >= 0 and seconds > 0:
-            self.joules += watts * seconds
-        return self.joules
-
-
-def window_seconds(previous_ns, time_ns, interval):
-    """The real time a sample covers; an implausible gap (sleep, stall) counts as one interval."""
-    if previous_ns is None:
-        return interval
-    seconds = (time_ns - previous_ns) / 1e9
-    if 0.5 * interval <= seconds <= 2.0 * interval:
-        return seconds
-    return interval
-
-
-def finite(value):
-    """A real number: not a bool, not NaN, not infinite (inf - inf and nan - nan are NaN)."""
-    return type(value) in (int, float) and value - value == 0
+                points.append(encode_value(head, value))
+    parts = []
+    for resource, grouped in by_resource.items():
+        metrics = ",".join([headers[name] + ",".join(points) + "]}}" for name, points in grouped.items()])
+        parts.append(SCOPE_METRICS % (resource, metrics))
+    return REQUEST_HEAD + ",".join(parts) + "]}", unknown
 
 
 # ---------------------------------------------------------------- counters about ourselves
 
 class Stats:
-    """What the exporter did, for its own metrics and its log lines. Guarded by one lock."""
+    """What the exporter did, for its own series and its log lines. Its lock guards every counter;
+    the other parts only call its methods."""
 
     def __init__(self, start_ns):
         self.lock = threading.Lock()
@@ -596,10 +1118,28 @@ class Stats:
         self.lines_skipped = 0
         self.send_errors = {}
 
+    def sample_read(self):
+        with self.lock:
+            self.samples_read += 1
+
+    def line_skipped(self):
+        with self.lock:
+            self.lines_skipped += 1
+
+    def source_restarted(self):
+        with self.lock:
+            self.source_restarts += 1
+
+    def points_left_out(self, reason, count):
+        """Data points dropped one by one (a partial rejection, an implausible reading)."""
+        if count:
+            with self.lock:
+                self.points_dropped[reason] = self.points_dropped.get(reason, 0) + count
+
     def dropped(self, reason, samples):
         with self.lock:
             self.samples_dropped[reason] = self.samples_dropped.get(reason, 0) + len(samples)
-            self.points_dropped[reason] = self.points_dropped.get(reason, 0) + sum(len(s.points) for s in samples)
+            self.points_dropped[reason] = self.points_dropped.get(reason, 0) + sum(len(s.values) for s in samples)
             # given up on, but a request that carried them went out and got no answer: they may be there
             self.dropped_unanswered += sum(s.unanswered for s in samples)
 
@@ -607,29 +1147,29 @@ class Stats:
         resent = [s for s in samples if s.unanswered]
         with self.lock:
             self.samples_delivered += len(samples)
-            self.points_sent += sum(len(s.points) for s in samples)
+            self.points_sent += sum(len(s.values) for s in samples)
             self.samples_resent += sum(s.unanswered for s in resent)
-            self.points_resent += sum(len(s.points) * s.unanswered for s in resent)
+            self.points_resent += sum(len(s.values) * s.unanswered for s in resent)
 
-    def send_error(self, kind):
+    def send_error(self, error_type):
         with self.lock:
-            self.send_errors[kind] = self.send_errors.get(kind, 0) + 1
+            self.send_errors[error_type] = self.send_errors.get(error_type, 0) + 1
 
-    def points(self, time_ns, buffered):
-        """The exporter.* data points to add to a sample taken at time_ns."""
+    def readings(self, buffered):
+        """The exporter.* readings, as of now."""
         start = self.start_ns
         with self.lock:
             out = [
-                ("exporter.samples.read", encode_point(time_ns, self.samples_read, (), start)),
-                ("exporter.datapoints.sent", encode_point(time_ns, self.points_sent, (), start)),
-                ("exporter.datapoints.resent", encode_point(time_ns, self.points_resent, (), start)),
-                ("exporter.buffer.samples", encode_point(time_ns, buffered)),
-                ("exporter.source.restarts", encode_point(time_ns, self.source_restarts, (), start)),
-                ("exporter.source.lines_skipped", encode_point(time_ns, self.lines_skipped, (), start)),
+                ("exporter.samples.read", self.samples_read, (), start),
+                ("exporter.datapoints.sent", self.points_sent, (), start),
+                ("exporter.datapoints.resent", self.points_resent, (), start),
+                ("exporter.buffer.samples", buffered, (), 0),
+                ("exporter.source.restarts", self.source_restarts, (), start),
+                ("exporter.source.lines_skipped", self.lines_skipped, (), start),
             ]
-            out += [("exporter.datapoints.dropped", encode_point(time_ns, n, (("reason", r),), start))
+            out += [("exporter.datapoints.dropped", n, (("reason", r),), start)
                     for r, n in sorted(self.points_dropped.items())]
-            out += [("exporter.send.errors", encode_point(time_ns, n, (("error.type", k),), start))
+            out += [("exporter.send.errors", n, (("error.type", k),), start)
                     for k, n in sorted(self.send_errors.items())]
         return out
 
@@ -645,29 +1185,25 @@ class Stats:
                     f"source restarts {self.source_restarts}")
 
 
-# ---------------------------------------------------------------- buffer and spool
+# ---------------------------------------------------------------- the buffer
 
 class SampleBuffer:
     """Unsent samples, oldest first, bounded. The sender takes a batch from the front ("in flight")
-    and either commits it (delivered or given up on) or releases it for a retry.
+    and either commits it (delivered or given up on) or releases it for a retry. Every sample gets
+    a sequence number as it comes in: the spool tells by it what is on disk and what is finished.
 
     A sender with nothing to do sleeps on a doorbell (a C-level queue) that add() rings once:
-    cheaper per sample than a threading.Condition, whose wait and notify run in Python.
-
-    A sender that is idle on a healthy connection "parks": then the sampling thread sends what it
-    has read itself, right before it waits for the source again (Sender.send_inline), and hands
-    anything unusual back. In the steady state that saves a thread hand-off per sample."""
+    cheaper per sample than a threading.Condition, whose wait and notify run in Python."""
 
     def __init__(self, max_samples, stats):
         self.max_samples = max_samples
         self.stats = stats
         self.samples = deque()
         self.in_flight = 0
+        self.next_seq = 1
         self.lock = threading.Lock()
         self.doorbell = queue.SimpleQueue()
         self.sender_waiting = False
-        self.parked = False
-        self.handed = None  # (batch, stage, outcome) the sampling thread gave back to the sender
         self.closing = False  # the sender is stopping: take() no longer waits for samples
         self.overflowing = False
         self.overflow_dropped = 0
@@ -678,6 +1214,8 @@ class SampleBuffer:
 
     def add(self, sample):
         with self.lock:
+            sample.seq = self.next_seq
+            self.next_seq += 1
             self.samples.append(sample)
             while len(self.samples) > self.max_samples and len(self.samples) > self.in_flight:
                 # Drop the oldest sample that is not in flight, so a batch being sent stays intact.
@@ -693,41 +1231,20 @@ class SampleBuffer:
         if ring:
             self.doorbell.put(None)
 
+    def prepend(self, samples):
+        """Samples recovered from the spool go first: they are older than anything read since. They
+        keep their numbers; new samples are numbered after them."""
+        with self.lock:
+            self.samples.extendleft(reversed(samples))
+            if samples:
+                self.next_seq = max(self.next_seq, max(s.seq for s in samples) + 1)
+            while len(self.samples) > self.max_samples:
+                self.stats.dropped("buffer_full", [self.samples.popleft()])
+
     def wake(self):
-        """End a take() or a parked wait for good: the sender is stopping. Without `closing` a
-        parked sender would spend the one ring leaving its park and then sleep in take()."""
+        """End a take() for good: the sender is stopping."""
         with self.lock:
-            self.parked = False
             self.closing = True
-        self.doorbell.put(None)
-
-    def park(self):
-        """The sender is idle on a healthy connection: from now on the sampling thread sends."""
-        with self.lock:
-            self.parked = not self.samples
-            return self.parked
-
-    def wait_while_parked(self, wait_s):
-        """The parked sender's sleep. Returns what the sampling thread handed back, or None."""
-        while True:
-            with self.lock:
-                if not self.parked:
-                    handed, self.handed = self.handed, None
-                    return handed
-            self.sleep_on_doorbell(wait_s)
-
-    def take_parked(self, count):
-        """For the sampling thread while the sender is parked: up to `count` samples, in flight."""
-        with self.lock:
-            if not self.parked or self.in_flight:
-                return []
-            return self.front_in_flight(count)
-
-    def hand_over(self, batch, stage, outcome):
-        """The sampling thread gives a batch back to the sender (see Sender.finish)."""
-        with self.lock:
-            self.parked = False
-            self.handed = (batch, stage, outcome)
         self.doorbell.put(None)
 
     def take(self, count, wait_s):
@@ -735,21 +1252,14 @@ class SampleBuffer:
         with self.lock:
             wait = self.sender_waiting = not self.samples and not self.closing
         if wait:
-            self.sleep_on_doorbell(wait_s)
+            try:
+                self.doorbell.get(timeout=wait_s)
+            except queue.Empty:
+                pass
         with self.lock:
             self.sender_waiting = False
-            return self.front_in_flight(count)
-
-    def front_in_flight(self, count):
-        """Up to `count` samples from the front, marked in flight (the caller holds the lock)."""
-        self.in_flight = min(count, len(self.samples))
-        return [self.samples[i] for i in range(self.in_flight)]
-
-    def sleep_on_doorbell(self, wait_s):
-        try:
-            self.doorbell.get(timeout=wait_s)
-        except queue.Empty:
-            pass
+            self.in_flight = min(count, len(self.samples))
+            return [self.samples[i] for i in range(self.in_flight)]
 
     def commit(self, count):
         with self.lock:
@@ -767,77 +1277,349 @@ class SampleBuffer:
         with self.lock:
             return list(self.samples)
 
-    def prepend(self, samples):
-        """Samples recovered from the spool go first: they are older than anything read since."""
+    def newer_than(self, seq):
+        """The samples numbered after seq (those not yet on disk), oldest first."""
         with self.lock:
-            self.samples.extendleft(reversed(samples))
-            while len(self.samples) > self.max_samples:
-                self.stats.dropped("buffer_full", [self.samples.popleft()])
+            if not self.samples or self.samples[-1].seq <= seq:
+                return []
+            newer = []
+            for sample in reversed(self.samples):
+                if sample.seq <= seq:
+                    break
+                newer.append(sample)
+            return newer[::-1]
 
+    def finished_through(self):
+        """Every sample numbered up to this one is finished with (delivered or given up on)."""
+        with self.lock:
+            return (self.samples[0].seq if self.samples else self.next_seq) - 1
+
+    def take_overflow_count(self):
+        """Samples dropped as the buffer overflowed since the last call."""
+        with self.lock:
+            count, self.overflow_dropped = self.overflow_dropped, 0
+            return count
+
+
+# ---------------------------------------------------------------- the spool
 
 class Spool:
-    """Unsent samples on disk across restarts: one JSON document, replaced atomically."""
+    """Unsent samples on disk, so that a restart or a crash during an outage loses (almost) nothing.
 
-    FORMAT = 1
+    One append-only file of JSON lines in --spool-dir, mode 0600:
+      {"format":2,"resource":{...}}                          the resource of the samples below it
+      [seq, time_ns, [[metric, value, [[key, value], ...], start_ns], ...]]   one sample
+      {"done":seq}                                           samples up to seq are finished with
+    During an outage, every --spool-every seconds, the samples not yet on disk and a done mark are
+    appended: the file is never rewritten as a whole on a timer. Once every sample on disk is
+    finished the file is removed; at exit the unsent samples are written. A file that would pass
+    --spool-max-bytes is rewritten with the newest unsent samples only (half the bound, to leave
+    room to append), and at exit the oldest that do not fit are dropped (counted once: spool_full).
 
-    def __init__(self, directory, max_bytes, stats):
+    A folder that cannot be used (read-only, full, a file) is a warning, said once: the exporter
+    keeps its samples in memory. A lock file keeps a second exporter out of the same folder."""
+
+    FORMAT = 2
+
+    def __init__(self, directory, max_bytes, stats, table, resource):
         self.directory = directory
-        self.path = os.path.join(directory, f"{SERVICE_NAME}.spool.json")
+        self.path = os.path.join(directory, f"{SERVICE_NAME}.spool")
+        self.lock_path = os.path.join(directory, f"{SERVICE_NAME}.lock")
         self.max_bytes = max_bytes
         self.stats = stats
+        self.table = table
+        self.resource = resource  # {key: value} of this run
+        self.resource_json = encode_attributes(sorted(resource.items()))
+        self.lock_fd = None
+        self.usable = False
+        self.problem = None      # the last error said, so that it is said once
+        self.on_disk_through = 0  # samples numbered up to this one are in the file
+        self.done_through = 0     # the last done mark written
+        self.size = 0
+        self.resource_written = False
+
+    # ---- start-up
+
+    def open(self):
+        """Take the folder and return the samples a previous run left. Raises ConfigError when
+        another exporter holds the folder; any other problem is a warning and an empty spool."""
+        if not self.take_folder():
+            return []
+        self.move_aside_older_format()
+        samples = self.load()
+        if samples:
+            self.on_disk_through = max(s.seq for s in samples)
+            self.done_through = samples[0].seq - 1
+            try:
+                self.size = os.stat(self.path).st_size
+            except OSError:
+                self.size = 0
+        return samples
+
+    def take_folder(self):
+        """Make the folder and hold its lock (held until the process ends). False: a warning said."""
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self.lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            self.fail(f"cannot use the spool folder {self.directory}: {exc.strerror or exc}")
+            return False
+        import fcntl
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(self.lock_fd)
+            self.lock_fd = None
+            raise ConfigError(f"another exporter (pid {holder}) uses the spool folder {self.directory}; "
+                              f"give each exporter its own --spool-dir", EXIT_SPOOL_IN_USE)
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self.usable = True
+        return True
+
+    def move_aside_older_format(self):
+        older = os.path.join(self.directory, f"{SERVICE_NAME}.spool.json")
+        if os.path.exists(older):
+            aside = f"{older}.older-version-{int(time.time())}"
+            try:
+                os.replace(older, aside)
+            except OSError:
+                aside = "(could not move it)"
+            LOG.warning("spool %s is from an older version of this exporter and is not read; moved aside to %s",
+                        older, aside)
 
     def load(self):
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                document = json.load(fh)
-            if document.get("format") != self.FORMAT:
-                raise ValueError(f"unknown spool format {document.get('format')!r}")
-            samples = [Sample(int(t), [(str(n), str(p)) for n, p in points]) for t, points in document["samples"]]
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
         except FileNotFoundError:
             return []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            aside = f"{self.path}.corrupt-{int(time.time())}"
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                aside = "(could not move it)"
+        except OSError as exc:
+            aside = self.move_aside()
             LOG.warning("spool %s is unreadable (%s); moved aside to %s, starting empty", self.path, exc, aside)
+            return []
+        samples, done, bad, unknown = self.parse(lines)
+        if lines and bad == len(lines):
+            aside = self.move_aside()
+            LOG.warning("spool %s is unreadable (no line of it parses); moved aside to %s, starting empty",
+                        self.path, aside)
+            return []
+        if bad:
+            LOG.warning("spool %s: %d unreadable lines skipped (a crash during a write leaves one)", self.path, bad)
+        if unknown:
+            LOG.warning("spool %s: %d readings this version cannot send were dropped", self.path, unknown)
+            self.stats.points_left_out("unencodable", unknown)
+        samples = [s for s in samples if s.seq > done]
+        if not samples:
+            self.remove()
             return []
         LOG.info("spool: %d unsent samples from the last run will be sent first", len(samples))
         return samples
 
-    def save(self, samples):
-        """Write the samples, dropping the oldest while the file would exceed its size bound."""
-        os.makedirs(self.directory, exist_ok=True)
-        encoded = [json.dumps([s.time_ns, s.points], separators=(",", ":")) for s in samples]
-        overhead = 64
-        total = overhead + sum(len(e.encode("utf-8")) + 1 for e in encoded)
+    def parse(self, lines):
+        """(samples, done mark, unreadable lines, unknown readings) of the spool's lines."""
+        samples, done, bad, unknown = [], 0, 0, 0
+        resource = None
+        for line in lines:
+            try:
+                record = STRICT_JSON.decode(line)
+                if isinstance(record, dict):
+                    if "done" in record:
+                        done = max(done, int(record["done"]))
+                    elif record.get("format") == self.FORMAT and isinstance(record.get("resource"), dict):
+                        attrs = sorted((str(k), str(v)) for k, v in record["resource"].items())
+                        encoded = encode_attributes(attrs)
+                        resource = None if encoded == self.resource_json else encoded
+                    else:
+                        raise ValueError("unknown record")
+                    continue
+                seq, time_ns, readings = record
+                known = []
+                for name, value, attributes, start in readings:
+                    pairs = tuple((str(k), str(v)) for k, v in attributes)
+                    if name in self.table.by_name:
+                        known.append((name, value, pairs, int(start)))
+                    else:
+                        unknown += 1
+                sample, implausible = make_sample(int(time_ns), known, self.table, resource)
+                unknown += implausible
+                if sample is not None:
+                    sample.seq = int(seq)
+                    samples.append(sample)
+            except (ValueError, TypeError, KeyError, RecursionError):
+                bad += 1
+        return samples, done, bad, unknown
+
+    # ---- while running
+
+    def sync(self, buffer, outage):
+        """Called every --spool-every seconds by the sampling thread: during an outage append what is new,
+        always append how far the buffer got, and remove the file once all of it is finished."""
+        if not self.usable and not self.retry_open():
+            return
+        try:
+            if outage:
+                newer = buffer.newer_than(self.on_disk_through)
+                if newer:
+                    self.append_samples(newer, buffer)
+            if self.on_disk_through:
+                finished = buffer.finished_through()
+                if finished >= self.on_disk_through:
+                    self.remove()
+                elif finished > self.done_through:
+                    self.append(('{"done":%d}\n' % finished).encode())
+                    self.done_through = finished
+            self.recovered()
+        except OSError as exc:
+            self.fail(f"cannot write the spool {self.path}: {exc.strerror or exc}")
+
+    def append_samples(self, samples, buffer):
+        lines = [self.encode_sample(s) for s in samples]
+        if not self.resource_written:
+            lines.insert(0, self.encode_resource())
+        data = "".join(lines).encode("utf-8")
+        if self.size + len(data) > self.max_bytes:
+            self.rewrite(buffer.snapshot(), self.max_bytes // 2, count_drops=False)
+            return
+        self.append(data)
+        self.resource_written = True
+        self.on_disk_through = samples[-1].seq
+
+    def append(self, data):
+        """Add bytes to the file; a write that fails is undone, so no half line stays behind."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            before = os.fstat(fd).st_size
+            try:
+                if os.write(fd, data) != len(data):  # a full disk can take part of it
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                os.fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, before)
+                except OSError:
+                    pass
+                raise
+            self.size = before + len(data)
+        finally:
+            os.close(fd)
+
+    # ---- at exit
+
+    def write_all(self, samples):
+        """The unsent samples at exit; returns how many were written."""
+        if not self.usable and not self.retry_open():
+            self.stats.dropped("shutdown", samples)
+            return 0
+        try:
+            if not samples:
+                self.remove()
+                return 0
+            return self.rewrite(samples, self.max_bytes, count_drops=True)
+        except OSError as exc:
+            self.fail(f"cannot write the spool {self.path}: {exc.strerror or exc}")
+            self.stats.dropped("shutdown", samples)
+            return 0
+
+    def rewrite(self, samples, bound, count_drops):
+        """Replace the file with the newest samples that fit in `bound` bytes (through a temporary
+        file with an unpredictable name, never following a planted link)."""
+        head = self.encode_resource().encode("utf-8")
+        encoded = [self.encode_sample(s).encode("utf-8") for s in samples]
+        total = len(head) + sum(len(e) for e in encoded)
         first = 0
-        while total > self.max_bytes and first < len(encoded):
-            total -= len(encoded[first].encode("utf-8")) + 1
+        while total > bound and first < len(encoded):
+            total -= len(encoded[first])
             first += 1
-        if first:
+        if first and count_drops:
             self.stats.dropped("spool_full", samples[:first])
             LOG.warning("spool: %d oldest samples do not fit in %d bytes and were dropped", first, self.max_bytes)
         if first == len(encoded):
-            self.clear()
+            self.remove()
             return 0
-        text = '{"format":%d,"samples":[\n%s\n]}\n' % (self.FORMAT, ",\n".join(encoded[first:]))
-        temporary = f"{self.path}.tmp-{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, self.path)
+        temporary = os.path.join(self.directory, f".{SERVICE_NAME}.{os.urandom(6).hex()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(head + b"".join(encoded[first:]))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temporary, self.path)
+        except OSError:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+        self.size = total
+        self.resource_written = True
+        self.on_disk_through = samples[-1].seq
+        self.done_through = samples[first].seq - 1
         return len(encoded) - first
 
-    def clear(self):
+    def close(self):
+        """Let the folder go (the lock), at exit."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+            self.usable = False
+
+    # ---- helpers
+
+    def encode_resource(self):
+        return json.dumps({"format": self.FORMAT, "resource": self.resource}, separators=(",", ":")) + "\n"
+
+    @staticmethod
+    def encode_sample(sample):
+        readings = [[name, value, attributes, start] for name, value, attributes, start in sample.readings()]
+        return json.dumps([sample.seq, sample.time_ns, readings], separators=(",", ":")) + "\n"
+
+    def remove(self):
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self.size = 0
+        self.on_disk_through = self.done_through = 0
+        self.resource_written = False
 
+    def move_aside(self):
+        aside = f"{self.path}.corrupt-{int(time.time())}"
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            aside = "(could not move it)"
+        return aside
+
+    def retry_open(self):
+        """After a folder that could not be used at start: try it again, each time the spool is
+        wanted. A file found there now was not read at start: it is moved aside, never replayed late."""
+        if self.usable:
+            return True
+        try:
+            if not self.take_folder():
+                return False
+        except ConfigError as exc:
+            self.fail(str(exc))
+            return False
+        if os.path.exists(self.path):
+            LOG.warning("spool %s was not readable at start; moved aside to %s", self.path, self.move_aside())
+        self.recovered()
+        return True
+
+    def fail(self, problem):
+        """Say a problem once (and again only when it changes)."""
+        if problem != self.problem:
+            self.problem = problem
+            LOG.warning("%s; unsent samples are kept in memory only (up to --buffer-max). Fix the folder's "
+                        "permissions or free space, or choose another --spool-dir", problem)
+
+    def recovered(self):
+        if self.problem is not None:
+            self.problem = None
+            LOG.info("spool %s is writable again", self.path)
 
 # ---------------------------------------------------------------- sending
 
@@ -845,12 +1627,10 @@ RETRYABLE_STATUS = (429, 502, 503, 504)
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
-INLINE_MAX_BYTES = 256 * 1024  # a larger body (one outsized sample) goes through the sender thread
 # A batch is cut to about this much JSON. A backlog (a collector outage, a slow answer) then goes
 # out in many small requests instead of a few of up to --batch-max samples: building one request
 # holds about four copies of its body, and those peaks would set the exporter's resident memory.
 REQUEST_TARGET_BYTES = 64 * 1024
-CONTENT_LENGTH = re.compile(rb"\n[Cc]ontent-[Ll]ength:[ \t]*(\d+)")
 HEAD_END = re.compile(rb"\r?\n\r?\n")  # the blank line after the headers
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
 RETRY_AFTER_MAX_S = 300.0
@@ -858,14 +1638,16 @@ DELIVERY_NOTE_S = 3600.0
 
 
 class Outcome:
-    """What became of one export request."""
+    """What became of one export request. `http_status` is the collector's answer (None when none
+    came); `error_type` names a failure for exporter.send.errors (the status, or what broke)."""
 
-    def __init__(self, kind, detail="", retry_after=None, rejected=0, status=None):
+    def __init__(self, kind, detail="", retry_after=None, rejected=0, http_status=None, error_type=None):
         self.kind = kind            # "ok", "partial", "retry", "reject", "too_large"
         self.detail = detail
         self.retry_after = retry_after
         self.rejected = rejected
-        self.status = status
+        self.http_status = http_status
+        self.error_type = error_type or (str(http_status) if http_status else None)
         self.unanswered = False     # a retry after the request went out whole: it may have been stored
 
 
@@ -885,10 +1667,14 @@ def parse_retry_after(value):
     return max(0.0, when.timestamp() - time.time())
 
 
+def one_line(text, limit=300):
+    """Text from outside (a collector's answer) made safe for our log: one line, control characters
+    escaped, bounded. It goes into lines that `make status` reads: it must never forge one."""
+    return json.dumps(text[:limit], ensure_ascii=False)[1:-1]
+
+
 def response_message(body):
-    """The collector's google.rpc.Status message, or the start of whatever it sent: on one line,
-    control characters escaped, at most 300 characters (it goes into our log lines, which
-    `make status` reads: it must never forge one)."""
+    """The collector's google.rpc.Status message, or the start of whatever it sent."""
     text = body.decode("utf-8", "replace").strip()
     try:
         document = json.loads(text)
@@ -896,7 +1682,7 @@ def response_message(body):
             text = str(document["message"])
     except ValueError:
         pass
-    return json.dumps(text[:300], ensure_ascii=False)[1:-1]
+    return one_line(text)
 
 
 EMPTY_SUCCESS = (b"", b"{}", b'{"partialSuccess":{}}')  # the usual answers: no need to parse them
@@ -911,7 +1697,7 @@ def classify_response(status, headers, body):
             compact = body.replace(b" ", b"").strip()
             document = {} if compact in EMPTY_SUCCESS else json.loads(body.decode("utf-8", "replace"))
             partial = (document.get("partialSuccess") or {}) if isinstance(document, dict) else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             partial = {}
         rejected = 0
         try:
@@ -920,19 +1706,40 @@ def classify_response(status, headers, body):
             rejected = 0
         message = str(partial.get("errorMessage") or "") if isinstance(partial, dict) else ""
         if rejected or message:
-            return Outcome("partial", message, rejected=rejected, status=200)
-        return Outcome("ok", status=200)
+            return Outcome("partial", one_line(message), rejected=max(0, rejected), http_status=200)
+        return Outcome("ok", http_status=200)
     if 200 < status < 300:
-        return Outcome("ok", status=status)
+        return Outcome("ok", http_status=status)
     if status in RETRYABLE_STATUS:
-        return Outcome("retry", f"HTTP {status}", parse_retry_after(headers.get("retry-after")), status=status)
+        return Outcome("retry", f"HTTP {status}", parse_retry_after(headers.get("retry-after")), http_status=status)
     if status == 413:
-        return Outcome("too_large", "HTTP 413 request too large", status=413)
-    return Outcome("reject", f"HTTP {status}: {response_message(body)}", status=status)
+        return Outcome("too_large", "HTTP 413 request too large", http_status=413)
+    return Outcome("reject", f"HTTP {status}: {response_message(body)}", http_status=status)
 
 
 class BadResponse(OSError):
     """The collector answered something that is not HTTP/1.x."""
+
+
+def proxy_for(url):
+    """The proxy URL to reach `url` through, as urllib and the OpenTelemetry SDKs choose it
+    (HTTP_PROXY / HTTPS_PROXY / NO_PROXY, lower case first), or None to go direct."""
+    if not any(key.lower() in ("http_proxy", "https_proxy", "all_proxy") for key in os.environ):
+        return None  # the common case, without importing urllib.request (1.5 MB resident)
+    import urllib.request
+    proxies = urllib.request.getproxies_environment()
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+def without_credentials(url):
+    """A proxy URL fit for a log line."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 class OtlpHttpClient:
@@ -940,7 +1747,8 @@ class OtlpHttpClient:
 
     A small client on a plain socket rather than http.client: it sends one request shape and reads
     one response shape, usually with a single recv(); http.client parses headers with the email
-    package. ssl is loaded only for an https:// collector."""
+    package. ssl is loaded only for an https:// collector. --timeout bounds each request as a
+    whole (connect, send, answer), however slowly the collector trickles bytes."""
 
     def __init__(self, url, headers, timeout_s, compression, cafile):
         self.url = url
@@ -948,9 +1756,6 @@ class OtlpHttpClient:
         self.https = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self.https else 80)
-        # getaddrinfo() runs a str host through the idna codec, which loads unicodedata: 0.7 MB
-        # resident for good, even for 127.0.0.1. An ASCII host goes as bytes and needs no codec.
-        self.lookup_host = self.host.encode("ascii") if self.host.isascii() else self.host
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = self.host if ":" not in self.host else f"[{self.host}]"
         if parts.port:
@@ -961,16 +1766,44 @@ class OtlpHttpClient:
                   "Content-Type": "application/json", "Accept": "application/json"}
         if self.gzip:
             fields["Content-Encoding"] = "gzip"
+        self.proxy = proxy_for(url)
+        self.connect_to = (self.host, self.port)
+        self.tunnel = None  # the CONNECT request for an https collector behind a proxy
+        if self.proxy:
+            self.route_through_proxy(host_header, fields)
+            if not self.https:
+                path = url  # a plain-HTTP proxy takes the absolute URL
         fields.update(headers)
         self.head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+        host = self.connect_to[0]
+        # getaddrinfo() runs a str host through the idna codec, which loads unicodedata: 0.7 MB
+        # resident for good, even for 127.0.0.1. An ASCII host goes as bytes and needs no codec.
+        self.lookup_host = host.encode("ascii") if host.isascii() else host
         self.context = None
         if self.https:
             import ssl
             self.context = ssl.create_default_context(cafile=cafile)
         self.sock = None
         self.sock_timeout = None
+        self.deadline = None
         self.pending = b""  # received bytes not yet parsed
         self.request_out = False  # the last request went out whole: a failure now may follow its storing
+
+    def route_through_proxy(self, host_header, fields):
+        proxy = urllib.parse.urlsplit(self.proxy if "://" in self.proxy else f"http://{self.proxy}")
+        self.connect_to = (proxy.hostname, proxy.port or 8080)
+        auth = {}
+        if proxy.username is not None:
+            import base64
+            user = urllib.parse.unquote(proxy.username)
+            password = urllib.parse.unquote(proxy.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            auth["Proxy-Authorization"] = f"Basic {token}"
+        if self.https:
+            self.tunnel = (f"CONNECT {host_header} HTTP/1.1\r\nHost: {host_header}\r\n"
+                           + "".join(f"{k}: {v}\r\n" for k, v in auth.items()) + "\r\n").encode("latin-1")
+        else:
+            fields.update(auth)
 
     def close(self):
         if self.sock is not None:
@@ -993,9 +1826,11 @@ class OtlpHttpClient:
         """Returns an Outcome; network failures become retryable outcomes, never exceptions."""
         data = self.request(body)
         timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
+        if self.sock is not None and self.went_stale():
+            self.close()
         reused = self.sock is not None
         outcome = self.attempt(data, timeout)
-        if reused and outcome.status in ("connection_reset", "broken_pipe"):
+        if reused and outcome.error_type in ("connection_reset", "broken_pipe"):
             # The collector closed an idle kept-alive connection; that is not an outage. If the
             # request had gone out whole, it may still have been stored: the answer says so.
             unanswered = outcome.unanswered
@@ -1003,89 +1838,60 @@ class OtlpHttpClient:
             outcome.unanswered = outcome.unanswered or unanswered
         return outcome
 
-    def connect(self, timeout):
-        sock = socket.create_connection((self.lookup_host, self.port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.context is not None:
-            sock = self.context.wrap_socket(sock, server_hostname=self.host)
-        self.sock = sock
-        self.sock_timeout = timeout
-        self.pending = b""
-
-    def can_send_inline(self):
-        """A plain-HTTP connection is open (send_inline needs a socket it can use without blocking)."""
-        return self.sock is not None and self.context is None
-
-    def post_inline(self, body, wait_s):
-        """For the sampling thread: send on the open connection without blocking, then wait at
-        most wait_s for the whole answer. Returns (stage, Outcome or None), stage being "answered",
-        "sent" (the answer is still to come: finish_response) or "unsent" (nothing went out)."""
-        self.request_out = False
-        if not self.can_send_inline():
-            return "unsent", None
-        data = self.request(body)
+    def went_stale(self):
+        """An idle kept-alive connection the collector closed, or wrote to (a 408 meant for no
+        request): never reused, or that answer would be read as the next request's."""
         try:
-            sent = self.sock.send(data, socket.MSG_DONTWAIT)
-        except OSError:
-            sent = -1
-        if sent != len(data):
-            self.close()  # none or part of the request went out: the sender starts over
-            return "unsent", None
-        self.request_out = True
-        deadline = time.monotonic() + wait_s
-        while not self.answer_complete():
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                return "sent", None
-            try:
-                more = self.receive()
-            except OSError:
-                more = False
-            if not more:
-                break  # the connection ended or failed: answer() says how
-        return "answered", self.guarded(self.answer)
+            return bool(self.pending) or bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
 
-    def finish_response(self, timeout_s=None):
-        """Read the answer to a request post_inline sent (blocking, up to the timeout)."""
-        timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
-        if self.sock is None:
-            outcome = Outcome("retry", "connection closed before the answer", status="connection_reset")
-            outcome.unanswered = True
-            return outcome
-        return self.guarded(lambda: self.answer(timeout))
+    def connect(self):
+        sock = socket.create_connection((self.lookup_host, self.connect_to[1]), timeout=self.time_left())
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.sock_timeout = None
+        self.pending = b""
+        if self.tunnel:
+            self.open_tunnel()
+        if self.context is not None:
+            self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
+            self.sock_timeout = None
 
-    def answer_complete(self):
-        """Whether self.pending holds a whole answer that has a Content-Length or no body."""
-        end = HEAD_END.search(self.pending, 0, MAX_HEAD_BYTES + 4)
-        if not end:
-            return False
-        head = self.pending[:end.start()]
-        length = CONTENT_LENGTH.search(head)
-        if length:
-            return len(self.pending) - end.end() >= int(length.group(1))
-        return head[9:12] in (b"204", b"304")  # chunked or read-to-close answers: finish_response
+    def open_tunnel(self):
+        """CONNECT through the proxy to the collector; the TLS session then runs inside the tunnel."""
+        self.set_timeout()
+        self.sock.sendall(self.tunnel)
+        status, _headers, _body = self.read_response(tunnel=True)
+        if status != 200:
+            raise BadResponse(f"the proxy {without_credentials(self.proxy)} refused to open a tunnel "
+                              f"to the collector (HTTP {status})")
+        if self.pending:
+            raise BadResponse("the proxy sent bytes before the tunnel was open")
 
-    def set_timeout(self, timeout):
-        if timeout != self.sock_timeout:  # settimeout() is a system call: only when it changes
+    def time_left(self):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        return left
+
+    def set_timeout(self):
+        timeout = self.time_left()
+        if timeout != self.sock_timeout:
             self.sock.settimeout(timeout)
             self.sock_timeout = timeout
 
     def attempt(self, data, timeout):
-        return self.guarded(lambda: self.exchange(data, timeout))
+        self.deadline = time.monotonic() + timeout
+        return self.guarded(lambda: self.exchange(data))
 
-    def exchange(self, data, timeout):
+    def exchange(self, data):
         self.request_out = False
         if self.sock is None:
-            self.connect(timeout)
-        else:
-            self.set_timeout(timeout)
+            self.connect()
+        self.set_timeout()
         self.sock.sendall(data)
         self.request_out = True
-        return self.answer()
-
-    def answer(self, timeout=None):
-        if timeout is not None:
-            self.set_timeout(timeout)
         status, headers, body = self.read_response()
         if headers.get("connection", "").lower() == "close":
             self.close()
@@ -1098,36 +1904,35 @@ class OtlpHttpClient:
         try:
             return step()
         except socket.timeout:
-            outcome = Outcome("retry", "timeout", status="timeout")
+            outcome = Outcome("retry", "timeout", error_type="timeout")
         except OSError as exc:
             if type(exc).__name__.startswith("SSL"):
-                outcome = Outcome("retry", f"TLS error: {getattr(exc, 'reason', None) or exc}", status="tls")
+                outcome = Outcome("retry", f"TLS error: {getattr(exc, 'reason', None) or exc}", error_type="tls")
             else:
-                outcome = Outcome("retry", describe_network_error(exc), status=network_error_type(exc))
+                outcome = Outcome("retry", describe_network_error(exc), error_type=network_error_type(exc))
         except ValueError as exc:  # a length or chunk size that is not a number
-            outcome = Outcome("retry", f"malformed HTTP response from the collector ({exc})", status="bad_response")
+            outcome = Outcome("retry", f"malformed HTTP response from the collector ({one_line(str(exc), 80)})",
+                              error_type="bad_response")
         outcome.unanswered = self.request_out
         self.close()
         return outcome
 
     def receive(self):
-        """More bytes of the response onto self.pending; False at the end of the connection."""
+        """More bytes of the response onto self.pending; False at the end of the connection. Each
+        wait is bounded by what is left of the request's time, not a fresh timeout per recv()."""
+        self.set_timeout()
         chunk = self.sock.recv(65536)
         self.pending += chunk
         return bool(chunk)
 
-    def read_response(self):
-        """(status, {lower-case header: value}, body) of one HTTP/1.x response."""
-        lines = self.read_head().split(b"\n")
-        parts = lines[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (parts[1].isdigit() and len(parts[1]) == 3):
-            raise BadResponse(f"not an HTTP response: {lines[0][:60]!r}")
-        status = int(parts[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if status in (204, 304) or 100 <= status < 200:
+    def read_response(self, tunnel=False):
+        """(status, {lower-case header: value}, body) of one HTTP/1.x response. Interim answers
+        (100 Continue, 103 Early Hints) are read past, up to the final one."""
+        while True:
+            status, headers = self.read_status_and_headers()
+            if not 100 <= status < 200 or status == 101:
+                break
+        if tunnel or status in (204, 304) or 100 <= status < 200:
             return status, headers, b""
         if headers.get("transfer-encoding", "").lower() == "chunked":
             return status, headers, self.read_chunked()
@@ -1144,6 +1949,17 @@ class OtlpHttpClient:
         body = self.pending[:MAX_RESPONSE_BYTES]
         self.close()
         return status, headers, body
+
+    def read_status_and_headers(self):
+        lines = self.read_head().split(b"\n")
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (parts[1].isdigit() and len(parts[1]) == 3):
+            raise BadResponse(f"not an HTTP response: {lines[0][:60]!r}")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(parts[1]), headers
 
     def read_head(self):
         """The status line and headers, up to the blank line that ends them."""
@@ -1202,6 +2018,8 @@ def network_error_type(exc):
         return "dns"
     if getattr(exc, "errno", None) == errno.EHOSTUNREACH:
         return "host_unreachable"
+    if isinstance(exc, BadResponse):
+        return "bad_response"
     return "network"
 
 
@@ -1209,13 +2027,14 @@ def describe_network_error(exc):
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the collector's host name ({exc.strerror or exc})"
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {one_line(text, 200)}"
 
 
 class Sender(threading.Thread):
-    """Drains the buffer to the collector, oldest first, never blocking the sampling loop."""
+    """The one thread that sends: drains the buffer to the collector, oldest first, so that the
+    sampling thread never waits on the network."""
 
-    def __init__(self, client, buffer, stats, table, resource_json, batch_max, inline_wait_s=0.2):
+    def __init__(self, client, buffer, stats, table, resource_json, batch_max):
         super().__init__(name="sender", daemon=True)
         self.client = client
         self.buffer = buffer
@@ -1224,7 +2043,6 @@ class Sender(threading.Thread):
         self.resource_json = resource_json
         self.batch_max = batch_max
         self.sample_bytes = 2048  # JSON per sample, learnt from each request built (see batch_size)
-        self.inline_wait_s = inline_wait_s  # how long send_inline may hold up the sampling thread
         self.stopping = threading.Event()
         self.deadline = None  # monotonic time after which a stopping sender gives up
         self.outage_since = None
@@ -1233,29 +2051,26 @@ class Sender(threading.Thread):
         self.backoff = BACKOFF_FIRST_S
         self.last_note = None
         self.delivered_since_note = 0
+        self.unknown_said = False
 
     def run(self):
         while True:
             try:
-                if not self.run_once():
+                if not self.send_next():
                     return
             except Exception:  # a bug must not silently stop delivery: log it, keep the samples, go on
                 LOG.exception("sender: unexpected error (please report it); retrying in 5 s")
                 self.buffer.release()
                 self.stopping.wait(5)
 
-    def run_once(self):
+    def send_next(self):
         """Send one batch (or wait for one). False when the sender should end."""
         if self.stopping.is_set() and (not len(self.buffer) or time.monotonic() >= self.deadline):
             return False
-        handed = self.buffer.wait_while_parked(60.0)
-        if handed is not None:
-            done, outcome = self.finish(*handed)
-        else:
-            batch = self.buffer.take(self.batch_size(), 60.0)  # add() and stop() wake it sooner
-            if not batch:
-                return True
-            done, outcome = self.deliver(batch)
+        batch = self.buffer.take(self.batch_size(), 60.0)  # add() and finish() wake it sooner
+        if not batch:
+            return True
+        done, outcome = self.deliver(batch)
         self.buffer.commit(done)
         if outcome.kind == "retry":
             self.wait_before_retry(outcome)
@@ -1263,73 +2078,37 @@ class Sender(threading.Thread):
         self.backoff = BACKOFF_FIRST_S
         if self.outage_since is not None and not len(self.buffer):
             self.end_outage()
-        if self.outage_since is None and not self.stopping.is_set() and self.client.can_send_inline():
-            if self.buffer.park():
-                LOG.debug("sender parked: the sampling thread sends while the collector answers promptly")
         return True
-
-    def send_inline(self):
-        """Run by the sampling thread before it waits for the source: while the sender is parked,
-        send the buffered samples here, without a thread hand-off. The send never blocks and the
-        wait for the answer is short (inline_wait_s); anything else (no connection, a slow or
-        unusual answer, an error) goes back to the sender thread, which handles it as usual."""
-        for _ in range(8):  # a bounded loop: normally one round
-            batch = self.buffer.take_parked(self.batch_size())
-            if not batch:
-                return
-            try:
-                body = self.build(batch)
-                stage, outcome = "unsent", None
-                if len(body) <= INLINE_MAX_BYTES:
-                    stage, outcome = self.client.post_inline(body, self.inline_wait_s)
-                if stage != "answered" or outcome.kind not in ("ok", "partial", "reject"):
-                    self.buffer.hand_over(batch, stage, outcome)
-                    return
-                self.account(batch, outcome)
-                self.buffer.commit(len(batch))
-            except Exception:  # a bug must not stop sampling: the sender thread takes over
-                LOG.exception("inline send: unexpected error (please report it)")
-                self.client.close()
-                self.buffer.hand_over(batch, "unsent", None)
-                return
 
     def batch_size(self):
         """--batch-max samples, or fewer where that would make a body over REQUEST_TARGET_BYTES."""
         return max(1, min(self.batch_max, REQUEST_TARGET_BYTES // self.sample_bytes))
 
-    def build(self, batch):
+    def encode(self, batch):
         """The request for a batch; its size per sample sets the next batch_size()."""
-        body = build_request(self.table, self.resource_json, batch)
+        body, unknown = encode_request(self.table, self.resource_json, batch)
+        if unknown:  # a bug or a spool from another version; counted, never retried
+            self.stats.points_left_out("unencodable", unknown)
+            if not self.unknown_said:
+                self.unknown_said = True
+                LOG.warning("left out %d readings of series this exporter does not know (counted as "
+                            "exporter.datapoints.dropped reason=unencodable)", unknown)
         self.sample_bytes = max(1, len(body) // len(batch))
         return body
-
-    def finish(self, batch, stage, outcome):
-        """Complete what send_inline handed back: read the rest of the answer ("sent"), send
-        again ("unsent", or a kept-alive connection the collector had closed), or act on it."""
-        if stage == "sent":
-            outcome = self.client.finish_response(self.remaining())
-        if outcome is not None and outcome.unanswered:
-            for sample in batch:
-                sample.unanswered += 1
-        if outcome is None or outcome.status in ("connection_reset", "broken_pipe"):
-            return self.deliver(batch)
-        return self.deliver(batch, outcome)
 
     def remaining(self):
         if self.deadline is None:
             return None
         return max(0.05, self.deadline - time.monotonic())
 
-    def deliver(self, batch, outcome=None):
+    def deliver(self, batch):
         """Send one batch, halving it while it is too large. Returns (how many samples from the
-        front are finished with, delivered or given up on; the last Outcome). With an outcome,
-        the batch was sent already (by send_inline) and this is the collector's answer."""
-        if outcome is None:
-            body = self.build(batch)
-            if len(body) > MAX_REQUEST_BYTES and len(batch) > 1:
-                outcome = Outcome("too_large", "over the request size cap")
-            else:
-                outcome = self.client.post(body, self.remaining())
+        front are finished with, delivered or given up on; the last Outcome)."""
+        body = self.encode(batch)
+        if len(body) > MAX_REQUEST_BYTES and len(batch) > 1:
+            outcome = Outcome("too_large", "over the request size cap")
+        else:
+            outcome = self.client.post(body, self.remaining())
         if outcome.kind == "too_large":
             if len(batch) == 1:
                 LOG.error("collector refuses even a single sample as too large (%s); dropping it", outcome.detail)
@@ -1345,26 +2124,22 @@ class Sender(threading.Thread):
         return (0 if outcome.kind == "retry" else len(batch)), outcome
 
     def account(self, batch, outcome):
+        if outcome.unanswered:  # an attempt went out whole and got no answer: each is a possible copy
+            for sample in batch:
+                sample.unanswered += 1
         if outcome.kind == "retry":
-            if outcome.unanswered:
-                for sample in batch:
-                    sample.unanswered += 1
-            self.stats.send_error(str(outcome.status))
+            self.stats.send_error(outcome.error_type)
             self.note_outage(outcome)
             return
         if outcome.kind == "reject":
-            self.stats.send_error(str(outcome.status))
+            self.stats.send_error(outcome.error_type)
             LOG.error("collector rejected %d samples, not retrying (%s)", len(batch), outcome.detail)
             self.stats.dropped("rejected", batch)
             return
         if outcome.kind == "partial":
             LOG.warning("collector accepted the request but rejected %d data points: %s",
                         outcome.rejected, outcome.detail or "(no message)")
-            with self.stats.lock:
-                self.stats.points_dropped["rejected"] += outcome.rejected
-        if outcome.unanswered:  # delivered, after an attempt in the same post that got no answer
-            for sample in batch:
-                sample.unanswered += 1
+            self.stats.points_left_out("rejected", outcome.rejected)
         self.stats.delivered(batch)
         if self.outage_since is not None:
             self.outage_late += len(batch)
@@ -1390,7 +2165,7 @@ class Sender(threading.Thread):
             self.outage_since = now
             self.last_reminder = now
             self.outage_late = 0
-            self.buffer.overflow_dropped = 0
+            self.buffer.take_overflow_count()
             LOG.warning("cannot deliver to %s: %s; buffering samples (up to %d) and retrying",
                         self.client.url, outcome.detail, self.buffer.max_samples)
         elif now - self.last_reminder >= 60:
@@ -1401,9 +2176,8 @@ class Sender(threading.Thread):
     def end_outage(self):
         took = format_duration(time.monotonic() - self.outage_since)
         LOG.info("collector is back after %s: delivered %d samples late, dropped %d while the buffer was full",
-                 took, self.outage_late, self.buffer.overflow_dropped)
+                 took, self.outage_late, self.buffer.take_overflow_count())
         self.outage_since = None
-        self.buffer.overflow_dropped = 0
 
     def wait_before_retry(self, outcome):
         # The greater of the backoff and the collector's Retry-After, as the OTel SDKs do: a
@@ -1417,7 +2191,7 @@ class Sender(threading.Thread):
         else:
             self.stopping.wait(delay)
 
-    def stop(self, flush_s):
+    def finish(self, flush_s):
         """Flush what remains for at most flush_s seconds, then return."""
         self.deadline = time.monotonic() + flush_s
         self.stopping.set()
@@ -1446,7 +2220,6 @@ def format_duration(seconds):
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
 
 # ---------------------------------------------------------------- the source process
 
@@ -1499,7 +2272,7 @@ class SourceProcess:
                     self.stderr_tail.append(text)
         return lines, self.out_fd not in self.open_fds, woken
 
-    def stop(self):
+    def terminate(self):
         """SIGTERM, then SIGKILL: never leave an orphaned macmon or nvidia-smi behind."""
         if self.proc.poll() is None:
             try:
@@ -1550,9 +2323,8 @@ class SourceProcess:
 class Supervisor:
     """Keeps one source child alive: restart with capped backoff, kill when silent, stop on exit 2."""
 
-    def __init__(self, source, interval, stats, stopping, max_starts=None, before_wait=None):
+    def __init__(self, source, interval, stats, stopping, max_starts=None):
         self.source = source
-        self.before_wait = before_wait  # called before each wait for output (Sender.send_inline)
         self.max_starts = max_starts  # --once and --check give up instead of retrying forever
         self.starts = 0
         self.interval = interval
@@ -1576,8 +2348,6 @@ class Supervisor:
             got_line = False
             silence_s = 3 * self.interval + STARTUP_GRACE_S
             while not self.stopping.is_set():
-                if self.before_wait is not None:
-                    self.before_wait()
                 wait_s = max(0.01, silence_s - (time.monotonic() - self.last_line))
                 lines, ended, woken = self.child.read(wait_s, self.wake_r)
                 if woken:
@@ -1609,14 +2379,13 @@ class Supervisor:
             self.pause()
             return
         if self.started_once:
-            with self.stats.lock:
-                self.stats.source_restarts += 1
+            self.stats.source_restarted()
         self.started_once = True
         self.last_line = time.monotonic()
         LOG.info("started %s (pid %d): %s", SOURCE_NAME, self.child.proc.pid, " ".join(argv))
 
     def finish_child(self, got_line):
-        self.child.stop()
+        self.child.terminate()
         if self.stopping.is_set():
             return
         code = self.child.proc.returncode
@@ -1643,12 +2412,17 @@ class Supervisor:
     def close(self):
         # The wake pipe stays open: a late signal handler must never write into a reused fd.
         if self.child is not None:
-            self.child.stop()
+            self.child.terminate()
 
 
 
 
 # ---------------------------------------------------------------- running
+
+# ---------------------------------------------------------------- running
+
+SKIPPED_NOTE_S = 60.0  # unparsable source lines: a warning at once, then at most one a minute
+
 
 def setup_logging(level):
     handler = logging.StreamHandler(sys.stderr)
@@ -1665,10 +2439,8 @@ def print_console(table, sample, out=None):
     out = out or sys.stdout
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sample.time_ns / 1e9))
     lines = []
-    for name, point in sample.points:
-        document = json.loads(point)
-        value = document.get("asDouble", document.get("asInt"))
-        attrs = " ".join(f"{a['key']}={list(a['value'].values())[0]}" for a in document.get("attributes", []))
+    for name, value, attributes, _start in sample.readings():
+        attrs = " ".join(f"{key}={text}" for key, text in attributes)
         unit = table.by_name[name][0]
         lines.append(f"{stamp}Z  {name:<34} {value!s:>22} {unit:<10} {attrs}\n")
     try:
@@ -1696,13 +2468,17 @@ class Exporter:
         self.buffer = SampleBuffer(args.buffer_max, self.stats)
         self.stopping = threading.Event()
         self.resource_json = encode_attributes(sorted(args.resource_attributes.items()))
-        self.spool = Spool(args.spool_dir, args.spool_max_bytes, self.stats) if args.spool_dir else None
+        self.spool = None
+        if args.spool_dir and args.exporter == "otlp":
+            self.spool = Spool(args.spool_dir, args.spool_max_bytes, self.stats, self.table, args.resource_attributes)
         self.client = None
         self.sender = None
         self.supervisor = None
         self.next_self_report = 0.0
+        self.skipped_since_note = 0
+        self.last_skip_note = None
 
-    def stop(self):
+    def request_stop(self):
         """From a signal handler: stop sampling now, then flush (see shutdown)."""
         self.stopping.set()
         if self.supervisor is not None:
@@ -1713,41 +2489,68 @@ class Exporter:
         return OtlpHttpClient(a.url, a.http_headers, a.timeout_s, a.compression, a.certificate)
 
     def sample_from(self, read_ns, line):
-        """Parse one source line into a Sample, or None when the line carries no data."""
+        """Parse one source line into a Sample, or None when the line carries no data. A line
+        without data still carries the exporter's own series when they are due, so that they go
+        out even while every source line fails to parse."""
         try:
             parsed = self.source.parse_line(line, read_ns)
-        except ValueError as exc:
-            with self.stats.lock:
-                self.stats.lines_skipped += 1
-            LOG.debug("skipped a %s line (%s): %.120s", SOURCE_NAME, exc, line)
-            return None
+            if parsed is not None and not abs(parsed[0] - read_ns) <= MAX_CLOCK_SKEW_NS:
+                raise ValueError("its time is more than a day away from the clock")
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+            self.line_skipped(line, exc)
+            return self.self_report_sample(read_ns)
         if parsed is None:
             return None
-        time_ns, points = parsed
-        with self.stats.lock:
-            self.stats.samples_read += 1
-        now = time.monotonic()
-        if self.source.starts_round() and now >= self.next_self_report:
+        time_ns, readings = parsed
+        self.stats.sample_read()
+        if self.source.starts_round() and self.self_report_due():
             # The exporter's own series: with the first sample, then at most every
             # --self-report-interval (never once per GPU row): counters need no more, and sending
             # them with every sample would cost as much as the data.
-            self.next_self_report = now + self.args.self_report_interval
-            points = points + self.stats.points(time_ns, len(self.buffer))
-        return Sample(time_ns, points)
+            readings = readings + self.stats.readings(len(self.buffer))
+        sample, implausible = make_sample(time_ns, readings, self.table)
+        self.stats.points_left_out("out_of_range", implausible)
+        return sample
+
+    def self_report_due(self):
+        now = time.monotonic()
+        if now < self.next_self_report:
+            return False
+        self.next_self_report = now + self.args.self_report_interval
+        return True
+
+    def self_report_sample(self, time_ns):
+        if not self.self_report_due():
+            return None
+        return make_sample(time_ns, self.stats.readings(len(self.buffer)), self.table)[0]
+
+    def line_skipped(self, line, why):
+        """Count it; warn at once, then at most once a minute, so that a changed source format is
+        seen at the default log level without flooding the log."""
+        self.stats.line_skipped()
+        self.skipped_since_note += 1
+        now = time.monotonic()
+        if self.last_skip_note is None or now - self.last_skip_note >= SKIPPED_NOTE_S:
+            more = f" ({self.skipped_since_note} in the last minute)" if self.last_skip_note is not None else ""
+            LOG.warning("skipped an unparsable %s line%s: %s: %s", SOURCE_NAME, more,
+                        one_line(str(why), 120), one_line(line, 120))
+            self.last_skip_note = now
+            self.skipped_since_note = 0
 
     def run(self):
         if self.args.exporter == "otlp":
             self.client = self.make_client()
             self.sender = Sender(self.client, self.buffer, self.stats, self.table, self.resource_json,
-                                 self.args.batch_max, inline_wait_s=min(0.2, self.args.interval / 2))
+                                 self.args.batch_max)
             if self.spool:
-                self.buffer.prepend(self.spool.load())
+                self.buffer.prepend(self.spool.open())
             self.sender.start()
-        supervisor = self.supervisor = Supervisor(self.source, self.args.interval, self.stats, self.stopping,
-                                                  before_wait=self.sender.send_inline if self.sender else None)
+        supervisor = self.supervisor = Supervisor(self.source, self.args.interval, self.stats, self.stopping)
         LOG.info("%s %s: sampling every %gs, %s", SERVICE_NAME, __version__, self.args.interval,
                  f"sending to {self.args.url}" if self.client else f"exporter {self.args.exporter}")
-        last_spool = time.monotonic()
+        if self.client is not None and self.client.proxy:
+            LOG.info("through the proxy %s (from the environment)", without_credentials(self.client.proxy))
+        next_spool = time.monotonic() + self.args.spool_every
         try:
             for read_ns, line in supervisor.lines():
                 sample = self.sample_from(read_ns, line)
@@ -1757,23 +2560,22 @@ class Exporter:
                     print_console(self.table, sample)
                 elif self.args.exporter == "otlp":
                     self.buffer.add(sample)
-                    if self.spool and time.monotonic() - last_spool > 30 and self.sender.outage_since:
-                        self.spool.save(self.buffer.snapshot())
-                        last_spool = time.monotonic()
+                    if self.spool and time.monotonic() >= next_spool:
+                        self.spool.sync(self.buffer, outage=self.sender.outage_since is not None)
+                        next_spool = time.monotonic() + self.args.spool_every
         finally:
             supervisor.close()
         return self.shutdown()
 
     def shutdown(self):
         if self.sender is not None:
-            self.sender.stop(5.0)
+            self.sender.finish(5.0)
             remaining = self.buffer.snapshot()
             if self.spool:
-                if remaining:
-                    kept = self.spool.save(remaining)
+                kept = self.spool.write_all(remaining)
+                if kept:
                     LOG.info("spool: wrote %d unsent samples to %s", kept, self.spool.path)
-                else:
-                    self.spool.clear()
+                self.spool.close()
             elif remaining:
                 self.stats.dropped("shutdown", remaining)
                 LOG.warning("%d samples were not delivered before exit (use --spool-dir to keep them)",
@@ -1790,7 +2592,7 @@ def first_round(exporter, supervisor):
     expected = None
     for read_ns, line in supervisor.lines():
         sample = exporter.sample_from(read_ns, line)
-        if sample is None:
+        if sample is None or sample.layout[0][0].startswith("exporter."):
             continue
         if samples and exporter.source.starts_round():
             break  # the next round began: this round had fewer rows than the source announced
@@ -1817,17 +2619,17 @@ def post_samples(exporter, samples):
     """One request with these samples, on a connection of its own. Returns the Outcome."""
     client = exporter.make_client()
     try:
-        return client.post(build_request(exporter.table, exporter.resource_json, samples))
+        return client.post(encode_request(exporter.table, exporter.resource_json, samples)[0])
     finally:
         client.close()
 
 
 def count_points(samples):
-    return sum(len(sample.points) for sample in samples)
+    return sum(len(sample.values) for sample in samples)
 
 
-def run_once(args, source):
-    """One round of the source, one send: exit 0 only if the collector accepted it."""
+def export_one_round(args, source):
+    """--once: one round of the source, one send: exit 0 only if the collector accepted it."""
     exporter = Exporter(args, source)
     samples = read_first_round(exporter, args.interval, max_starts=3)
     if not samples:
@@ -1891,6 +2693,12 @@ class CheckReport:
 def check_collector(args, report):
     parts = urllib.parse.urlsplit(args.url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = proxy_for(args.url)
+    if proxy:
+        # The exporter will connect to the proxy, not the collector: that is what to test.
+        report.ok("proxy", f"{without_credentials(proxy)} (from the environment; NO_PROXY to go direct)")
+        proxied = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        parts, port = proxied, proxied.port or 8080
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
         addresses = list(dict.fromkeys(info[4][0] for info in infos))
@@ -1942,7 +2750,7 @@ def run_check(args, source):
             report.fail("one sample parsed", f"{SOURCE_NAME} gave no usable line")
     if args.exporter == "otlp" and check_collector(args, report):
         if not samples:
-            samples = [Sample(time.time_ns(), exporter.stats.points(time.time_ns(), 0))]
+            samples = [make_sample(time.time_ns(), exporter.stats.readings(0), exporter.table)[0]]
         outcome = post_samples(exporter, samples)
         if outcome.kind == "ok":
             report.ok("collector accepted a POST", args.url)
@@ -1977,12 +2785,12 @@ def main(argv=None):
             return run_check(args, source)
         source.locate()
         if args.once:
-            return run_once(args, source)
+            return export_one_round(args, source)
         exporter = Exporter(args, source)
 
         def on_signal(signum, _frame):
             LOG.info("received %s: stopping", signal.Signals(signum).name)
-            exporter.stop()
+            exporter.request_stop()
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a closed terminal stops cleanly too
             signal.signal(signum, on_signal)
@@ -1998,405 +2806,6 @@ def main(argv=None):
 
 
 # ===== END SHARED CORE =====
-
-
-# ---------------------------------------------------------------- nvidia-smi: where it lives
-
-def find_nvidia_smi(explicit):
-    looked = []
-    for label, path in (("--nvidia-smi", explicit), ("$NVIDIA_SMI", env_get("NVIDIA_SMI"))):
-        if path:
-            if os.path.isfile(path) and os.access(path, os.X_OK):
-                return path
-            raise ConfigError(f"{label} points at {path}, which is not an executable file", EXIT_NO_SOURCE)
-    on_path = which("nvidia-smi")
-    if on_path:
-        return on_path
-    looked.append("PATH")
-    for path in ("/usr/bin/nvidia-smi", "/usr/local/bin/nvidia-smi"):
-        looked.append(path)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    raise ConfigError("nvidia-smi not found; looked in: " + ", ".join(looked) +
-                      ". Install the NVIDIA driver or pass --nvidia-smi PATH", EXIT_NO_SOURCE)
-
-
-
-
-class SourceStartError(OSError):
-    """nvidia-smi could not tell us its fields; the supervisor backs off and tries again."""
-
-
-def run_nvidia_smi(path, args, timeout):
-    """One short nvidia-smi call with a hard timeout. Returns (exit code, stdout)."""
-    try:
-        done = subprocess.run([path, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
-    except subprocess.TimeoutExpired:
-        raise SourceStartError(f"`nvidia-smi {' '.join(args)}` did not answer within {timeout:.0f}s")
-    return done.returncode, done.stdout + done.stderr
-
-
-def offered_fields(help_text):
-    """Every field name and alias listed by --help-query-gpu (`"name" or "alias"` lines)."""
-    names = set()
-    for line in help_text.splitlines():
-        if line.startswith('"'):
-            names.update(re.findall(r'"([^"]+)"', line))
-    return names
-
-
-# What we ask for: (our key, the names nvidia-smi knows it by, newest first).
-WANTED_FIELDS = [
-    ("index", ("index",)),
-    ("uuid", ("uuid", "gpu_uuid")),
-    ("name", ("name", "gpu_name")),
-    ("pci.bus_id", ("pci.bus_id", "gpu_bus_id")),
-    ("power.draw", ("power.draw",)),
-    ("power.draw.average", ("power.draw.average", "gpu.power.draw.average")),
-    ("power.draw.instant", ("power.draw.instant", "gpu.power.draw.instant")),
-    ("module.power.draw.average", ("module.power.draw.average",)),
-    ("enforced.power.limit", ("enforced.power.limit", "gpu.power.current_limit")),
-    ("temperature.gpu", ("temperature.gpu",)),
-    ("temperature.memory", ("temperature.memory",)),
-    ("utilization.gpu", ("utilization.gpu",)),
-    ("utilization.memory", ("utilization.memory",)),
-    ("memory.used", ("memory.used",)),
-    ("memory.total", ("memory.total",)),
-    ("clocks.sm", ("clocks.sm", "clocks.current.sm")),
-    ("clocks.mem", ("clocks.mem", "clocks.current.memory")),
-    ("fan.speed", ("fan.speed",)),
-    ("pstate", ("pstate",)),
-    ("clock_events", ("clocks_event_reasons.active", "clocks_throttle_reasons.active")),
-]
-IDENTITY = ("index", "uuid", "name", "pci.bus_id")
-
-# "No value" spellings; any other bracketed text is treated the same way.
-ABSENT = {"", "n/a", "[n/a]", "[not supported]", "[unknown error]", "[insufficient permissions]",
-          "[requested functionality has been deprecated]", "[function not found]", "[gpu is lost]", "err!"}
-
-# NVML clock event reason bits (nvml.h nvmlClocksEventReason*)
-SW_POWER_CAP, HW_SLOWDOWN, SW_THERMAL, HW_THERMAL, HW_POWER_BRAKE = 0x4, 0x8, 0x20, 0x40, 0x80
-
-
-def choose_fields(offered):
-    """(our keys, the names to query) for the fields this driver offers, in WANTED_FIELDS order."""
-    keys, names = [], []
-    for key, aliases in WANTED_FIELDS:
-        for name in aliases:
-            if name in offered:
-                keys.append(key)
-                names.append(name)
-                break
-    return keys, names
-
-
-def cell_number(text):
-    """A CSV cell as a float, or None for every spelling of "no value"."""
-    text = text.strip()
-    if text.lower() in ABSENT or text.startswith("["):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if finite(value) else None
-
-
-def pstate_number(text):
-    found = re.fullmatch(r"P(\d{1,2})", text.strip())
-    return int(found.group(1)) if found else None
-
-
-class RaplReader:
-    """Linux RAPL energy counters (/sys/class/powercap/intel-rapl:*), wrap-safe, as J and W per zone."""
-
-    def __init__(self, root):
-        self.root = root
-        self.zones = {}     # path -> zone name
-        self.previous = {}  # path -> (energy_uj, time_ns)
-        self.total_j = {}
-        self.max_uj = {}
-        self.start_ns = None
-        self.disabled = None
-        self.discover()
-
-    def discover(self):
-        paths = sorted(glob.glob(os.path.join(self.root, "intel-rapl:*")))
-        if not paths:
-            self.disabled = f"no RAPL zones under {self.root} (not an Intel/AMD host, or powercap not loaded)"
-            return
-        names = {}
-        for path in paths:
-            name = self.read_text(os.path.join(path, "name")) or os.path.basename(path)
-            names[os.path.basename(path)] = name
-        for path in paths:
-            base = os.path.basename(path)
-            parent = base.rsplit(":", 1)[0]
-            zone = names[base] if base.count(":") == 1 else f"{names.get(parent, parent)}/{names[base]}"
-            self.zones[path] = zone
-            self.max_uj[path] = int(self.read_text(os.path.join(path, "max_energy_range_uj")) or 0)
-        for path in self.zones:
-            try:
-                with open(os.path.join(path, "energy_uj")) as fh:
-                    fh.read()
-            except PermissionError:
-                self.disabled = (f"RAPL is not readable ({path}/energy_uj: permission denied; root-only since "
-                                 f"Linux 5.10): host.power.cpu is left out. Run as root to include CPU power")
-                return
-            except OSError as exc:
-                self.disabled = f"RAPL is not readable ({path}/energy_uj: {exc.strerror})"
-                return
-
-    @staticmethod
-    def read_text(path):
-        try:
-            with open(path) as fh:
-                return fh.read().strip()
-        except OSError:
-            return None
-
-    def points(self, time_ns):
-        """host.energy.cpu and host.power.cpu points for every zone, from one read of the counters."""
-        if self.disabled:
-            return []
-        if self.start_ns is None:
-            self.start_ns = time_ns
-        out = []
-        for path, zone in self.zones.items():
-            text = self.read_text(os.path.join(path, "energy_uj"))
-            if text is None or not text.isdigit():
-                continue
-            energy_uj = int(text)
-            previous = self.previous.get(path)
-            self.previous[path] = (energy_uj, time_ns)
-            if previous is None:
-                self.total_j[path] = 0.0
-                continue
-            delta_uj = energy_uj - previous[0]
-            if delta_uj < 0:  # the counter wrapped at max_energy_range_uj
-                delta_uj += self.max_uj[path] if self.max_uj[path] else 0
-            if delta_uj < 0:
-                continue
-            seconds = (time_ns - previous[1]) / 1e9
-            self.total_j[path] += delta_uj / 1e6
-            attributes = (("rapl.zone", zone),)
-            out.append(("host.energy.cpu", encode_point(time_ns, self.total_j[path], attributes, self.start_ns)))
-            if seconds > 0:
-                out.append(("host.power.cpu", encode_point(time_ns, delta_uj / 1e6 / seconds, attributes)))
-        return out
-
-
-class Source:
-    """nvidia-smi as the source of samples: its fields, its command line, and its rows."""
-
-    DESCRIPTION = ("Send NVIDIA GPU power, temperature and load from nvidia-smi (and host CPU power from "
-                   "Linux RAPL) to an OpenTelemetry Collector as OTLP/HTTP JSON metrics.")
-    SETTINGS = [
-        ("--nvidia-smi", "NVIDIA_SMI", None, "nvidia-smi binary; else PATH, /usr/bin, /usr/local/bin"),
-        ("--rapl-root", "TPW_RAPL_ROOT", "/sys/class/powercap", "where the RAPL powercap tree is"),
-        ("--nvidia-smi-timeout", "TPW_NVIDIA_SMI_TIMEOUT", "20",
-         "seconds to wait for one-off calls (--help-query-gpu takes seconds on big boxes; a hung driver "
-         "must not hang the exporter)"),
-    ]
-
-    def __init__(self, args):
-        self.args = args
-        try:
-            self.timeout = float(args.nvidia_smi_timeout)
-        except ValueError:
-            raise ConfigError(f"--nvidia-smi-timeout {args.nvidia_smi_timeout!r}: a number of seconds")
-        self.path = None
-        self.keys = []
-        self.missing = []
-        self.energy = {}
-        self.previous = {}
-        self.rapl = None
-        self.rapl_announced = False
-        self.xid_logged = 0.0
-        self.lowest_index = None
-        self.round_start = True
-        self.gpu_count = None
-
-    @staticmethod
-    def extra_metrics():
-        return RAPL_METRICS
-
-    def locate(self):
-        self.path = find_nvidia_smi(self.args.nvidia_smi)
-
-    def command(self, interval):
-        """Ask this driver which fields it offers, then stream only those."""
-        if self.path is None:
-            self.locate()
-        code, text = run_nvidia_smi(self.path, ["--help-query-gpu"], self.timeout)
-        offered = offered_fields(text) if code == 0 else set()
-        if not offered:
-            first = next((line for line in text.splitlines() if line.strip()), "no output")
-            raise SourceStartError(f"`nvidia-smi --help-query-gpu` failed (exit {code}): {first.strip()}")
-        self.keys, names = choose_fields(offered)
-        self.missing = [key for key, _aliases in WANTED_FIELDS if key not in self.keys]
-        if any(key not in self.keys for key in IDENTITY):
-            raise SourceStartError("this nvidia-smi offers no index/uuid/name/pci.bus_id fields")
-        if self.missing:
-            LOG.info("this driver does not offer: %s (those series are left out)", ", ".join(self.missing))
-        if self.rapl is None:
-            # Read the counters once now, so the first round's row already has a window to give
-            # CPU power over (--once sends that round alone).
-            self.rapl = RaplReader(self.args.rapl_root)
-            self.rapl.points(time.time_ns())
-        return [self.path, "--query-gpu=" + ",".join(names), "--format=csv,noheader,nounits",
-                "-lms", str(max(100, int(round(interval * 1000))))]
-
-    def reset(self):
-        """A new nvidia-smi process starts new energy series (new start time)."""
-        self.energy = {}
-        self.previous = {}
-
-    def parse_line(self, line, read_ns):
-        if not line.strip():
-            return None
-        cells = [cell.strip() for cell in line.split(",")]
-        if len(cells) != len(self.keys) or not cells[0].isdigit():
-            if "xid" in line.lower() or "ecc" in line.lower():
-                self.log_event(line)
-                return None
-            raise ValueError(f"expected {len(self.keys)} columns, got {len(cells)}")
-        row = dict(zip(self.keys, cells))
-        if not row["uuid"].startswith(("GPU-", "MIG-")):
-            raise ValueError(f"bad GPU UUID {row['uuid']!r}")
-        return read_ns, self.points(read_ns, row) + self.host_points(read_ns, row)
-
-    def log_event(self, line):
-        """Xid/ECC messages interleave with rows; they matter to an operator, so log them (rate-limited)."""
-        now = time.monotonic()
-        if now - self.xid_logged > 60:
-            self.xid_logged = now
-            LOG.warning("nvidia-smi reported: %s", line.strip()[:200])
-
-    def points(self, time_ns, row):
-        attributes = (("gpu.index", row["index"]), ("gpu.uuid", row["uuid"]), ("gpu.name", row["name"]),
-                      ("gpu.pci.bus_id", row["pci.bus_id"]))
-        readings = {}
-
-        def scaled(metric, key, factor=1.0, as_int=False, percent=False):
-            value = cell_number(row.get(key, ""))
-            if value is not None and value >= 0:  # a negative power, temperature or size is no reading
-                if percent:
-                    readings[metric] = value / 100.0
-                else:
-                    readings[metric] = int(round(value * factor)) if as_int else value * factor
-
-        scaled("gpu.power.board", "power.draw")
-        scaled("gpu.power.average", "power.draw.average")
-        scaled("gpu.power.instant", "power.draw.instant")
-        scaled("gpu.power.module", "module.power.draw.average")
-        scaled("gpu.power.limit", "enforced.power.limit")
-        scaled("gpu.temp.core", "temperature.gpu")
-        scaled("gpu.temp.memory", "temperature.memory")
-        scaled("gpu.utilization.gpu", "utilization.gpu", percent=True)
-        scaled("gpu.utilization.memory", "utilization.memory", percent=True)
-        scaled("gpu.memory.used", "memory.used", 1048576, as_int=True)
-        scaled("gpu.memory.total", "memory.total", 1048576, as_int=True)
-        scaled("gpu.clock.sm", "clocks.sm", 1e6, as_int=True)
-        scaled("gpu.clock.memory", "clocks.mem", 1e6, as_int=True)
-        scaled("gpu.fan.speed", "fan.speed", percent=True)
-        pstate = pstate_number(row.get("pstate", ""))
-        if pstate is not None:
-            readings["gpu.pstate"] = pstate
-        events = row.get("clock_events", "").strip()
-        if re.fullmatch(r"0x[0-9a-fA-F]+", events):
-            mask = int(events, 16)
-            readings["gpu.throttle.power"] = 1 if mask & (SW_POWER_CAP | HW_POWER_BRAKE) else 0
-            readings["gpu.throttle.thermal"] = 1 if mask & (SW_THERMAL | HW_THERMAL) else 0
-        points = encode_gauges(time_ns, readings, attributes)
-        energy = self.energy_point(time_ns, row["uuid"], readings.get("gpu.power.board"), attributes)
-        return points + energy
-
-    def energy_point(self, time_ns, gpu, watts, attributes):
-        """Trapezoids between consecutive rows of the same GPU; a row without power breaks the chain."""
-        previous = self.previous.get(gpu)
-        self.previous[gpu] = (time_ns, watts) if watts is not None else None
-        if watts is None:
-            return []
-        counter = self.energy.get(gpu)
-        if counter is None:
-            # The series starts at this row; its first point comes with the next row.
-            self.energy[gpu] = EnergyCounter(time_ns)
-            return []
-        if previous is not None:
-            seconds = window_seconds(previous[0], time_ns, self.args.interval)
-            counter.add((previous[1] + watts) / 2.0, seconds)
-        return [("gpu.energy", encode_point(time_ns, counter.joules, attributes, counter.start_ns))]
-
-    def starts_round(self):
-        """True when the last row parsed was the first of a round (the lowest GPU index)."""
-        return self.round_start
-
-    def host_points(self, time_ns, row):
-        """RAPL is read once per nvidia-smi round: on the row of the lowest GPU index."""
-        index = int(row["index"])
-        if self.lowest_index is None or index < self.lowest_index:
-            self.lowest_index = index
-        self.round_start = index == self.lowest_index
-        if not self.round_start:
-            return []
-        if self.rapl is None:
-            self.rapl = RaplReader(self.args.rapl_root)
-        if self.rapl.disabled and not self.rapl_announced:
-            self.rapl_announced = True
-            LOG.info("%s", self.rapl.disabled)
-        return self.rapl.points(time_ns)
-
-    def rows_per_interval(self):
-        """One sample per GPU row: the buffer's default hour is this many samples per interval."""
-        if self.gpu_count is None:
-            self.gpu_count = 1
-            try:
-                code, text = run_nvidia_smi(self.path, ["-L"], self.timeout)
-                if code == 0:
-                    self.gpu_count = max(1, sum(1 for line in text.splitlines() if line.startswith("GPU ")))
-            except SourceStartError as exc:
-                LOG.warning("%s", exc)
-        return self.gpu_count
-
-    def check(self, report, args):
-        try:
-            self.locate()
-        except ConfigError as exc:
-            report.fail("nvidia-smi found", str(exc))
-            return False
-        report.ok("nvidia-smi found", self.path)
-        try:
-            code, text = run_nvidia_smi(self.path, ["--query-gpu=driver_version,persistence_mode,name",
-                                                    "--format=csv,noheader"], self.timeout)
-            if code != 0:
-                report.fail("driver answers", f"exit {code}: {text.strip().splitlines()[0] if text.strip() else ''}")
-                return False
-            rows = [line for line in text.splitlines() if line.strip()]
-            report.ok("driver version", rows[0].split(",")[0].strip() if rows else "unknown")
-            report.ok("GPUs seen", f"{len(rows)}: " + "; ".join(r.split(",")[2].strip() for r in rows if
-                                                             r.count(",") >= 2))
-            off = [i for i, r in enumerate(rows) if ", Disabled," in r + ","]
-            if off:
-                report.warn("persistence mode", f"off on GPU {off}: each nvidia-smi start re-initialises the GPU; "
-                                                "enable it with `nvidia-smi -pm 1` or nvidia-persistenced")
-            else:
-                report.ok("persistence mode", "on")
-            self.command(args.interval)
-        except SourceStartError as exc:
-            report.fail("driver answers", str(exc))
-            return False
-        if self.missing:
-            report.warn("fields this driver lacks", ", ".join(self.missing))
-        else:
-            report.ok("fields", "every wanted field is offered")
-        rapl = RaplReader(args.rapl_root)
-        if rapl.disabled:
-            report.warn("RAPL (host CPU power)", rapl.disabled)
-        else:
-            report.ok("RAPL (host CPU power)", ", ".join(rapl.zones.values()))
-        return True
 
 
 if __name__ == "__main__":

@@ -37,9 +37,14 @@ def test_macmon_parser_survives_any_json(macmon_mod, document):
     except ValueError:
         return
     if result is not None:
-        for _name, point in result[1]:
-            decoded = json.loads(point, parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(c)))
-            assert "asDouble" in decoded or "asInt" in decoded
+        table = macmon_mod.MetricTable(macmon_mod.SOURCE_METRICS)
+        sample, _left_out = macmon_mod.make_sample(result[0], result[1], table)
+        if sample is not None:
+            body, unknown = macmon_mod.encode_request(table, "[]", [sample])
+            decoded = json.loads(body, parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(c)))
+            points = [p for m in decoded["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+                      for p in (m.get("gauge") or m["sum"])["dataPoints"]]
+            assert unknown == 0 and points and all("asDouble" in p or "asInt" in p for p in points)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

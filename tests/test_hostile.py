@@ -88,7 +88,7 @@ def test_negative_nvidia_readings_are_left_out(nvsmi_mod):
     source = nvsmi_mod.Source(args)
     row = {"index": "0", "uuid": "GPU-1", "name": "X", "pci.bus_id": "0", "power.draw": "-5.00",
            "temperature.gpu": "-1", "memory.used": "-3", "memory.total": "81559", "utilization.gpu": "40"}
-    names = {name for name, _ in source.points(1_000_000_000, row)}
+    names = {name for name, *_ in source.gpu_readings(1_000_000_000, row)}
     assert "gpu.power.board" not in names and "gpu.temp.core" not in names and "gpu.memory.used" not in names
     assert {"gpu.memory.total", "gpu.utilization.gpu"} <= names
 

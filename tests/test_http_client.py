@@ -60,7 +60,8 @@ def test_every_response_shape_in_any_number_of_pieces(macmon_mod, shape, pieces)
     server, thread = serve(answer, pieces, closes)
     client = macmon_mod.OtlpHttpClient(f"http://127.0.0.1:{server.getsockname()[1]}/v1/metrics", {}, 5, "none", None)
     try:
-        client.connect(5)
+        client.deadline = time.monotonic() + 5
+        client.connect()
         client.sock.sendall(b"POST / HTTP/1.1\r\n\r\n")
         got_status, headers, got_body = client.read_response()
         assert (got_status, got_body) == (status, body)
@@ -105,3 +106,98 @@ def test_headers_without_end_are_refused_not_buffered_forever(macmon_mod):
         client.close()
         server.close()
         thread.join(10)
+
+
+def serve_script(script):
+    """Accept connections one after another; for each request, run script(conn, request number)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    count = [0]
+
+    def run():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while conn.recv(65536):
+                    count[0] += 1
+                    if script(conn, count[0]) == "close":
+                        break
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return server, thread, count
+
+
+def client_for(mod, server, timeout_s=5):
+    return mod.OtlpHttpClient(f"http://127.0.0.1:{server.getsockname()[1]}/v1/metrics", {}, timeout_s, "none", None)
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def test_interim_answers_are_read_past_to_the_final_one(macmon_mod):
+    """D10: 100 Continue and 103 Early Hints come before the real answer; the connection stays in step."""
+    def script(conn, n):
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+        time.sleep(0.02)
+        conn.sendall(OK if n == 1 else b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad")
+    server, thread, _count = serve_script(script)
+    client = client_for(macmon_mod, server)
+    try:
+        first = client.post("{}")
+        second = client.post("{}")
+        assert (first.kind, first.http_status) == ("ok", 200)
+        assert (second.kind, second.http_status) == ("reject", 400) and "bad" in second.detail
+    finally:
+        client.close()
+        server.close()
+
+
+def test_an_answer_written_to_an_idle_connection_is_never_taken_for_the_next(macmon_mod):
+    """D11: a server that sends a stale 408 on an idle kept-alive connection (and closes it): the
+    client must not read that 408 as the answer to its next request."""
+    def script(conn, n):
+        conn.sendall(OK)
+        time.sleep(0.05)
+        conn.sendall(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        return "close"
+    server, thread, count = serve_script(script)
+    client = client_for(macmon_mod, server)
+    try:
+        assert client.post("{}").kind == "ok"
+        time.sleep(0.3)  # idle: the 408 arrives meanwhile
+        second = client.post("{}")
+        assert (second.kind, second.http_status) == ("ok", 200) and count[0] == 2
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_timeout_bounds_the_whole_request_not_each_read(macmon_mod):
+    """D12: a collector that trickles a byte every 0.3 s cannot hold a request past --timeout."""
+    answer = OK
+
+    def script(conn, n):
+        try:
+            for byte in answer:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.3)
+        except OSError:
+            pass
+        return "close"
+    server, thread, _count = serve_script(script)
+    client = client_for(macmon_mod, server, timeout_s=1.0)
+    try:
+        started = time.monotonic()
+        outcome = client.post("{}")
+        took = time.monotonic() - started
+        assert (outcome.kind, outcome.error_type) == ("retry", "timeout")
+        assert outcome.http_status is None and outcome.unanswered
+        assert took < 2.0, took  # a fresh timeout per recv() would wait for all 41 bytes: 12 s
+    finally:
+        client.close()
+        server.close()

@@ -1,6 +1,5 @@
 """nvidia-smi rows -> data points: field discovery per driver, "no value" spellings, GPUs, RAPL."""
 import argparse
-import json
 import os
 import subprocess
 import time
@@ -34,14 +33,11 @@ def rows(profile, fields, round_index=0):
     return out.splitlines()
 
 
-def values(points):
+def values(readings):
     out = {}
-    for name, text in points:
-        point = json.loads(text)
-        value = point.get("asDouble", point.get("asInt"))
-        attrs = {a["key"]: a["value"]["stringValue"] for a in point.get("attributes", [])}
-        key = (name, attrs.get("gpu.index") or attrs.get("rapl.zone"))
-        out[key] = int(value) if isinstance(value, str) else value
+    for name, value, attributes, _start in readings:
+        attrs = dict(attributes)
+        out[(name, attrs.get("gpu.index") or attrs.get("rapl.zone"))] = value
     return out
 
 
@@ -77,11 +73,10 @@ def test_eight_gpus_give_eight_series_with_identity(nvsmi_mod):
     source = make_source(nvsmi_mod, "r535-v100x8")
     seen = {}
     for line in rows("r535-v100x8", query_fields(source)):
-        _, points = source.parse_line(line, 1_000_000_000)
-        for name, text in points:
+        _, readings = source.parse_line(line, 1_000_000_000)
+        for name, _value, attributes, _start in readings:
             if name == "gpu.power.board":
-                attrs = {a["key"]: a["value"]["stringValue"] for a in json.loads(text)["attributes"]}
-                seen[attrs["gpu.index"]] = attrs
+                seen[dict(attributes)["gpu.index"]] = dict(attributes)
     assert sorted(seen) == [str(i) for i in range(8)]
     assert len({a["gpu.uuid"] for a in seen.values()}) == 8
     assert seen["3"]["gpu.name"] == "Tesla V100-SXM2-32GB" and seen["3"]["gpu.pci.bus_id"] == "00000000:45:00.0"
@@ -200,17 +195,17 @@ def test_rapl_zones_with_counter_wrap(nvsmi_mod, tmp_path):
     rapl = nvsmi_mod.RaplReader(str(tmp_path))
     assert rapl.disabled is None
     assert sorted(rapl.zones.values()) == ["package-0", "package-0/core", "package-1"]
-    assert rapl.points(1_000_000_000) == []  # first read only sets the baseline
+    assert rapl.readings(1_000_000_000) == []  # first read only sets the baseline
     (tmp_path / "intel-rapl:0" / "energy_uj").write_text("671150\n")     # wrapped: +1,000,000 uJ
     (tmp_path / "intel-rapl:0:0" / "energy_uj").write_text("3000000\n")  # +2 J
     (tmp_path / "intel-rapl:1" / "energy_uj").write_text("5000000\n")    # idle: +0
-    got = values(rapl.points(3_000_000_000))
+    got = values(rapl.readings(3_000_000_000))
     assert got[("host.energy.cpu", "package-0")] == pytest.approx(1.0)
     assert got[("host.power.cpu", "package-0")] == pytest.approx(0.5)
     assert got[("host.energy.cpu", "package-0/core")] == pytest.approx(2.0)
     assert got[("host.power.cpu", "package-1")] == 0.0
     (tmp_path / "intel-rapl:0" / "energy_uj").write_text("2671150\n")
-    got = values(rapl.points(4_000_000_000))
+    got = values(rapl.readings(4_000_000_000))
     assert got[("host.energy.cpu", "package-0")] == pytest.approx(3.0)  # cumulative across the wrap
     assert got[("host.power.cpu", "package-0")] == pytest.approx(2.0)
 
@@ -228,7 +223,7 @@ def test_rapl_not_readable_says_why(nvsmi_mod, tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", denied)
     rapl = nvsmi_mod.RaplReader(str(tmp_path))
     assert "permission denied" in rapl.disabled and "root-only since Linux 5.10" in rapl.disabled
-    assert rapl.points(1) == []
+    assert rapl.readings(1) == []
 
 
 def test_rapl_is_read_once_per_round(nvsmi_mod, tmp_path):
@@ -240,7 +235,7 @@ def test_rapl_is_read_once_per_round(nvsmi_mod, tmp_path):
     for t in (1, 2):
         (tmp_path / "intel-rapl:0" / "energy_uj").write_text(f"{t * 3_000_000}\n")
         for line in lines:
-            host += sum(1 for name, _ in source.parse_line(line, start_ns + t * 1_000_000_000)[1]
+            host += sum(1 for name, *_ in source.parse_line(line, start_ns + t * 1_000_000_000)[1]
                         if name.startswith("host."))
     # energy + power once a round; the counters were read once when the source started, so the
     # first round has a window too (--once sends that round alone)

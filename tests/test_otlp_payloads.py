@@ -33,14 +33,14 @@ def test_batch_of_many_samples_groups_by_metric(macmon_mod):
     samples = []
     for i in range(5):
         t = 1_700_000_000_000_000_000 + i * 1_000_000_000
-        samples.append(macmon_mod.Sample(t, [
-            ("mac.power.total", macmon_mod.encode_point(t, 1.5 + i)),
-            ("mac.memory.ram_used", macmon_mod.encode_point(t, 2**40 + i)),
-            ("mac.energy.total", macmon_mod.encode_point(t, 0.0, (), t - 10)),
-            ("exporter.datapoints.dropped", macmon_mod.encode_point(t, 0, (("reason", "buffer_full"),), t - 10)),
-        ]))
+        samples.append(macmon_mod.make_sample(t, [
+            ("mac.power.total", 1.5 + i, (), 0),
+            ("mac.memory.ram_used", 2**40 + i, (), 0),
+            ("mac.energy.total", 0.0, (), t - 10),
+            ("exporter.datapoints.dropped", 0, (("reason", "buffer_full"),), t - 10),
+        ], table)[0])
     resource = macmon_mod.encode_attributes([("service.name", "x"), ("n", 3), ("f", 1.5), ("b", True)])
-    message = check_payload(macmon_mod.build_request(table, resource, samples))
+    message = check_payload(macmon_mod.encode_request(table, resource, samples)[0])
     metrics = message.resource_metrics[0].scope_metrics[0].metrics
     assert [m.name for m in metrics] == ["mac.power.total", "mac.memory.ram_used", "mac.energy.total",
                                          "exporter.datapoints.dropped"]
@@ -53,7 +53,7 @@ def test_batch_of_many_samples_groups_by_metric(macmon_mod):
 def test_unicode_and_quotes_in_attributes_survive(macmon_mod):
     table = macmon_mod.MetricTable(macmon_mod.SOURCE_METRICS)
     t = 1_700_000_000_000_000_000
-    sample = macmon_mod.Sample(t, [("mac.power.total", macmon_mod.encode_point(t, 1.0, (("host", 'Büro "Mac"\n'),)))])
-    message = check_payload(macmon_mod.build_request(table, macmon_mod.encode_attributes([("k", "ü")]), [sample]))
+    sample = macmon_mod.make_sample(t, [("mac.power.total", 1.0, (("host", 'Büro "Mac"\n'),), 0)], table)[0]
+    message = check_payload(macmon_mod.encode_request(table, macmon_mod.encode_attributes([("k", "ü")]), [sample])[0])
     dp = message.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0]
     assert dp.attributes[0].value.string_value == 'Büro "Mac"\n'

@@ -5,7 +5,7 @@
 #
 # Each peer is a Debian package: sshd (the deploy and collector tests log in over a real sshd on
 # 127.0.0.1), systemd-analyze (the units are verified by it), prometheus (the Grafana
-# dashboard's PromQL runs on it) and chromium (tpw-ab's HTML report is opened in it). As root with apt-get, what is
+# dashboard's PromQL runs on it) and chromium (tpw-ab's HTML report is opened in it), tinyproxy (the exporters reach a collector through a real HTTP proxy). As root with apt-get, what is
 # missing is installed; otherwise one line names what to install and the tests that need it skip
 # (TPW_REQUIRE_PEERS=1, as .ci/run sets it, turns those skips into failures).
 set -euo pipefail
@@ -20,6 +20,7 @@ PEERS=(
   "systemd-analyze:systemd"
   "prometheus:prometheus"
   "chromium:chromium"
+  "tinyproxy:tinyproxy"
 )
 
 have() {
