@@ -2320,6 +2320,71 @@ class SourceProcess:
         return f"exit {code}" + (f": {message}" if message else "")
 
 
+class ChildRecord:
+    """A note of the running child (in $TMPDIR), so that a child left behind by an exporter that was
+    SIGKILLed is ended when the next one starts. Such a child also dies at its next line (its
+    stdout pipe is gone), but at a long --interval that could be minutes."""
+
+    def __init__(self):
+        folder = os.environ.get("TMPDIR") or "/tmp"
+        self.prefix = os.path.join(folder, f"{SERVICE_NAME}-{os.getuid()}-")
+        self.path = f"{self.prefix}{os.getpid()}.child"
+
+    def write(self, pid, program):
+        try:
+            with open(self.path, "w") as fh:
+                fh.write(f"{pid} {program}\n")
+        except OSError:
+            pass  # only a courtesy to the next start
+
+    def remove(self):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def end_leftovers(self):
+        """End the children of exporters that are gone: still a session leader running the same
+        program, its parent no longer an exporter (adopted by init or a subreaper)."""
+        import glob
+        for path in glob.glob(f"{glob.escape(self.prefix)}*.child"):
+            try:
+                owner = int(path[len(self.prefix):-len(".child")])
+                with open(path) as fh:
+                    pid_text, _, program = fh.read().strip().partition(" ")
+                pid = int(pid_text)
+                if owner == os.getpid() or process_alive(owner):
+                    continue
+                os.unlink(path)
+                ps = subprocess.run(["ps", "-ww", "-o", "ppid=,pgid=,command=", "-p", str(pid)], capture_output=True,
+                                    text=True, timeout=5).stdout.split(None, 2)
+                if len(ps) == 3 and int(ps[1]) == pid and program in ps[2] and \
+                        (ps[0] == "1" or SERVICE_NAME not in parent_command(ps[0])):
+                    os.killpg(pid, signal.SIGTERM)
+                    LOG.warning("ended %s (pid %d) left running by an exporter that was killed (pid %d)",
+                                SOURCE_NAME, pid, owner)
+            except (OSError, ValueError, subprocess.SubprocessError):
+                continue
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, another user's
+    return True
+
+
+def parent_command(pid):
+    try:
+        return subprocess.run(["ps", "-ww", "-o", "command=", "-p", pid], capture_output=True, text=True,
+                              timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 class Supervisor:
     """Keeps one source child alive: restart with capped backoff, kill when silent, stop on exit 2."""
 
@@ -2335,6 +2400,8 @@ class Supervisor:
         self.started_once = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
+        self.record = ChildRecord()
+        self.record.end_leftovers()
 
     def lines(self):
         """Yields (read time ns, line) for every stdout line, across restarts, until stopping."""
@@ -2383,6 +2450,7 @@ class Supervisor:
         self.started_once = True
         self.last_line = time.monotonic()
         LOG.info("started %s (pid %d): %s", SOURCE_NAME, self.child.proc.pid, " ".join(argv))
+        self.record.write(self.child.proc.pid, argv[0])
 
     def finish_child(self, got_line):
         self.child.terminate()
@@ -2413,6 +2481,7 @@ class Supervisor:
         # The wake pipe stays open: a late signal handler must never write into a reused fd.
         if self.child is not None:
             self.child.terminate()
+        self.record.remove()
 
 
 

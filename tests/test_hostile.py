@@ -2,6 +2,7 @@
 fix: Retry-After 0, secrets in error lines, credentials and query strings in --endpoint, collector
 messages that could forge a log line, a certificate that is not PEM, SIGHUP, --console into a
 closed pipe, negative NVIDIA readings."""
+import json
 import os
 import signal
 import subprocess
@@ -118,3 +119,139 @@ def test_check_tries_every_address_a_name_resolves_to(macmon_mod, receiver, monk
     assert macmon_mod.check_collector(args, macmon_mod.CheckReport()) is None
     out = capsys.readouterr().out
     assert f"127.0.0.2:{dead}" in out and f"127.0.0.1:{dead}" in out and "is the collector running" in out
+
+
+def test_a_child_left_by_a_killed_exporter_is_ended_by_the_next_start(receiver, tmp_path):
+    """D23: SIGKILL gives the exporter no chance to stop its source. At a long interval the orphan
+    would live until its next line; the next exporter to start ends it at once."""
+    env = {"TMPDIR": str(tmp_path)}
+    first = start_macmon_exporter(receiver.url, "--interval", "30", env=env, fake_env={"FAKE_MACMON_SPEED": "1"})
+    deadline = time.monotonic() + 20
+    records = []
+    while time.monotonic() < deadline and not records:
+        records = list(tmp_path.glob("macmon-otel-exporter-*.child"))
+        time.sleep(0.05)
+    assert records, "no record of the child"
+    child = int(records[0].read_text().split()[0])
+    first.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    assert os.path.exists(f"/proc/{child}")  # the orphan lives on (its next line is 30 s away)
+    second = start_macmon_exporter(receiver.url, "--interval", "30", env=env, fake_env={"FAKE_MACMON_SPEED": "1"})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}") and \
+            "Z" not in open(f"/proc/{child}/stat").read().split()[2]:
+        time.sleep(0.1)
+    gone = not os.path.exists(f"/proc/{child}") or "Z" in open(f"/proc/{child}/stat").read().split()[2]
+    assert second.stop() == 0
+    assert gone, second.stderr + subprocess.run(["ps", "-o", "pid=,ppid=,pgid=,command=", "-p", str(child)],
+                                                capture_output=True, text=True).stdout + str(list(tmp_path.iterdir()))
+    assert f"pid {child}) left running by an exporter that was killed" in second.stderr
+    assert not list(tmp_path.glob("macmon-otel-exporter-*.child"))  # a clean stop leaves no record
+
+
+def absurd_fixture(tmp_path):
+    """macmon lines with readings no machine gives, between good ones (FAKE_MACMON_FIXTURE)."""
+    from conftest import MACMON_FIXTURES
+    with open(os.path.join(MACMON_FIXTURES, "v0.8.2.jsonl")) as fh:
+        good = json.loads(fh.readline())
+    lines = []
+    for change in ({"all_power": 1e308, "cpu_power": 1e308},           # energy would overflow to inf
+                   {"memory": dict(good["memory"], ram_usage=2 ** 70)},  # past int64
+                   {"gpu_power": -0.0, "sys_power": 5e6}):               # more than a megawatt
+        lines.append(json.dumps(dict(good, **change), separators=(",", ":")))
+    year_9999 = dict(good)
+    year_9999.pop("timestamp", None)
+    # (written with a space after the colon, so the stand-in does not restamp it)
+    lines.append(json.dumps(year_9999).replace("{", '{"timestamp": "9999-12-31T23:59:59Z",', 1))
+    lines.append('{"a":' + "[" * 100000 + "]" * 100000 + "}")          # RecursionError in the parser
+    lines += [json.dumps(good, separators=(",", ":"))] * 3
+    path = tmp_path / "absurd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_absurd_readings_never_break_the_stream(receiver, tmp_path):
+    """D5: non-finite and out-of-range readings are left out and counted, an impossible time or a
+    deeply nested line is a skipped line, and every request stays valid OTLP (the official
+    protobuf mapping parses it)."""
+    from otlp_check import check_payload
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "20",
+                                                             "FAKE_MACMON_FIXTURE": str(absurd_fixture(tmp_path))})
+    assert receiver.wait_for(lambda: any(p.attributes.get("reason") == "out_of_range" and p.value >= 5
+                                         for p in receiver.series("exporter.datapoints.dropped")), 30)
+    assert receiver.wait_for(lambda: any(p.value >= 4 for p in receiver.series("exporter.source.lines_skipped")), 30)
+    assert exporter.stop() == 0
+    assert "Traceback" not in exporter.stderr
+    for _headers, raw, _doc, status in receiver.requests:
+        assert status == 200
+        check_payload(raw.decode())
+    assert max(p.value for p in receiver.series("mac.power.total")) < 100
+    assert max(p.value for p in receiver.series("mac.energy.total")) < 1e6  # 1e308 W was never integrated
+    assert max(p.value for p in receiver.series("mac.memory.ram_used")) < 2 ** 63
+    assert all(p.value < 1e6 for p in receiver.series("mac.power.system"))
+    assert all(p.time_ns < 2 ** 63 for p in receiver.points)
+
+
+def test_a_changed_macmon_format_is_a_warning_and_the_exporter_series_go_on(receiver, tmp_path):
+    """D7: every line unparsable (a macmon that changed its format): a warning at the default log
+    level at once (then at most once a minute), and the exporter's own series still go out."""
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text('{"soc": {"power_w": 4.2}, "format": "2027"}\n')
+    exporter = start_macmon_exporter(receiver.url, fake_env={"FAKE_MACMON_SPEED": "20",
+                                                             "FAKE_MACMON_FIXTURE": str(changed)})
+    assert receiver.wait_for(lambda: any(p.value >= 10 for p in receiver.series("exporter.source.lines_skipped")), 30)
+    assert exporter.stop() == 0
+    warnings = [line for line in exporter.stderr.splitlines() if "WARNING skipped an unparsable macmon line" in line]
+    assert len(warnings) == 1 and "no known field" in warnings[0] and '\\"soc\\"' in warnings[0]
+    assert not receiver.series("mac.power.total")
+    assert receiver.series("exporter.samples.read")
+
+
+@pytest.fixture
+def tinyproxy(tmp_path):
+    from conftest import need_peer
+    need_peer("tinyproxy", "tinyproxy")
+    from proxy_peer import Tinyproxy
+    proxy = Tinyproxy(tmp_path, "lab", "s3cret")
+    yield proxy
+    proxy.stop()
+
+
+def test_http_goes_through_the_proxy_the_environment_names(receiver, tinyproxy):
+    """D9: HTTP_PROXY (with credentials, which never show), NO_PROXY, and --check saying so."""
+    env = {"HTTP_PROXY": tinyproxy.url("lab", "s3cret")}
+    result = run_cli(MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--once", "--interval", "0.1",
+                     "--endpoint", receiver.url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "tinyproxy" in receiver.requests[-1][0].get("via", "")  # it came through the proxy
+    assert "s3cret" not in result.stderr
+    check = run_cli(MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--check", "--endpoint", receiver.url, env=env)
+    assert check.returncode == 0, check.stdout
+    assert f"OK    proxy: http://127.0.0.1:{tinyproxy.port}" in check.stdout and "s3cret" not in check.stdout
+    wrong = run_cli(MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--once", "--interval", "0.1", "--endpoint",
+                    receiver.url, env={"http_proxy": tinyproxy.url("lab", "wrong")})
+    # tinyproxy answers 407 and closes before reading the body, so the answer may be lost to a reset
+    assert wrong.returncode == 5 and "wrong" not in wrong.stderr and "lab:" not in wrong.stderr
+    count = len(receiver.requests)
+    bypass = run_cli(MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--once", "--interval", "0.1", "--endpoint",
+                     receiver.url, env={"HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "localhost,127.0.0.1"})
+    assert bypass.returncode == 0, bypass.stderr
+    assert len(receiver.requests) == count + 1 and "via" not in receiver.requests[-1][0]
+
+
+def test_https_goes_through_a_connect_tunnel(tmp_path, tinyproxy):
+    from otlp_receiver import Receiver
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    receiver = Receiver(tls=(str(cert), str(key)))
+    try:
+        result = run_cli(MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--once", "--interval", "0.1", "--endpoint",
+                         receiver.url, "--certificate", str(cert),
+                         env={"HTTPS_PROXY": tinyproxy.url("lab", "s3cret")})
+        assert result.returncode == 0, result.stderr
+        assert receiver.requests and "via" not in receiver.requests[-1][0]  # end to end TLS: the proxy saw nothing
+        assert f"CONNECT 127.0.0.1:{receiver.port}" in tinyproxy.log_text()
+    finally:
+        receiver.stop()

@@ -315,3 +315,28 @@ def test_a_query_that_hangs_is_killed_and_restarted(receiver, tmp_path):
     assert exporter.stop() == 0
     assert "nvidia-smi printed nothing for 10.6s; restarting it" in exporter.stderr
     assert len(loops()) >= 2
+
+
+def test_a_lost_gpu_0_is_named_and_the_host_and_exporter_series_go_on(receiver, tmp_path):
+    """D7: GPU 0 falls off the bus while the others go on. It is named in a warning, and the
+    round still begins (with GPU 1 now): RAPL and the exporter's own series keep coming."""
+    write_rapl(tmp_path, {"intel-rapl:0": "package-0"})
+    exporter = start(receiver.url, "--rapl-root", str(tmp_path), FAKE_NVSMI_LOST="0:2")
+    assert receiver.wait_for(lambda: len(receiver.series("gpu.power.board")) >= 8 * 2 + 7 * 3, 30)
+    lost_at = max(p.time_ns for p in receiver.series("gpu.power.board") if p.attributes["gpu.index"] == "0")
+    assert receiver.wait_for(lambda: sum(p.time_ns > lost_at for p in receiver.series("host.power.cpu")) >= 3, 30)
+    assert receiver.wait_for(lambda: sum(p.time_ns > lost_at for p in receiver.series("exporter.samples.read")) >= 2,
+                             30)
+    assert exporter.stop() == 0
+    lost = [line for line in exporter.stderr.splitlines() if "GPU is lost" in line]
+    assert len(lost) == 1 and "WARNING" in lost[0] and "0000:15:00.0" in lost[0]
+    assert "lines skipped 0" in exporter.stderr
+
+
+def test_a_malformed_gpu_row_is_named(nvsmi_mod):
+    import argparse
+    args = argparse.Namespace(interval=1.0, nvidia_smi=FAKE_NVSMI, nvidia_smi_timeout="10", rapl_root="/nonexistent")
+    source = nvsmi_mod.Source(args)
+    source.command(1.0)
+    with pytest.raises(ValueError, match="GPU 3's row: expected"):
+        source.parse_line("3, GPU-abc, 45.0", 1)

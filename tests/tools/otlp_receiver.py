@@ -89,8 +89,9 @@ def protobuf_to_json(body):
 class Receiver:
     """Start on a free loopback port; set .mode (and friends) to change how it answers."""
 
-    def __init__(self, port=0, host="127.0.0.1", keep=True):
+    def __init__(self, port=0, host="127.0.0.1", keep=True, tls=None):
         self.host = host
+        self.tls = tls  # (certificate file, key file): serve https
         self.port = port
         self.lock = threading.Lock()
         # keep=False (make bench): count, keep nothing. Kept documents and points grow without end,
@@ -117,7 +118,7 @@ class Receiver:
 
     @property
     def url(self):
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self):
         receiver = self
@@ -150,7 +151,12 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = start_server(Handler, self.host, self.port)
+        context = None
+        if self.tls:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+        self.server = start_server(Handler, self.host, self.port, context)
         self.port = self.server.server_address[1]
 
     def stop(self):

@@ -7,10 +7,13 @@ import threading
 import time
 
 
-def start_server(handler, host="127.0.0.1", port=0):
-    """A ThreadingHTTPServer for `handler`, serving from a daemon thread; port 0 picks a free one."""
+def start_server(handler, host="127.0.0.1", port=0, tls_context=None):
+    """A ThreadingHTTPServer for `handler`, serving from a daemon thread; port 0 picks a free one.
+    With an ssl.SSLContext it serves https."""
     server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    if tls_context is not None:
+        server.socket = tls_context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server
 
