@@ -31,7 +31,7 @@ def test_counting_receiver_keeps_nothing_and_counts_everything():
 def test_a_tiny_bench_run_writes_every_field(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, os.path.join(TOOLS, "bench.py"), "--only", "nvsmi", "--samples", "48",
-                           "--runs", "1", "--idle-seconds", "2", "--out", str(out)],
+                           "--runs", "1", "--idle-seconds", "2", "--outage-seconds", "2", "--out", str(out)],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a target missed, which a tiny run may
     results = json.loads(out.read_text())
@@ -42,7 +42,12 @@ def test_a_tiny_bench_run_writes_every_field(tmp_path):
         assert nvsmi[which]["cpu_ms_per_sample"] > 0 and nvsmi[which]["peak_rss_mb"] > 5
         assert nvsmi[which]["bytes_per_sample"] > 100 and nvsmi[which]["requests"] >= 1
     assert set(nvsmi["ratio"]) >= {"cpu_ms_per_sample", "peak_rss_mb", "bytes_per_sample", "first_export_s"}
-    assert results["macmon_samples_in_idle_window"] >= 0 and "macmon_cpu_percent_at_5s_interval" in results
+    idle = results["at_5s_interval"]["nvsmi"]
+    assert idle["exporter_cpu_percent"] >= 0 and idle["source_cpu_percent"] >= 0
+    row = results["buffered_row"]["nvsmi"]
+    assert row["rows"] == 5760 and 100 < row["bytes_per_row"] < 20000 and row["readings_per_row"] >= 10
+    outage = results["outage"]
+    assert outage["steady_rss_mb"] > 5 and outage["outage_rss_mb"] > 5 and outage["written_mb"] >= 0
     assert "ratio" in done.stdout and ("all targets met" in done.stdout or "TARGET MISSED" in done.stdout)
 
 
