@@ -2700,10 +2700,27 @@ def check_collector(args, report):
     return None
 
 
+def check_spool(args, report):
+    """Whether --spool-dir can be written: a file made and removed there (the running exporter's
+    lock is left alone)."""
+    probe = os.path.join(args.spool_dir, f".{SERVICE_NAME}.check-{os.getpid()}")
+    try:
+        os.makedirs(args.spool_dir, mode=0o700, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        report.warn("spool folder", f"{args.spool_dir}: {exc.strerror or exc}; unsent samples would be kept in "
+                                    f"memory only. Fix its permissions or choose another --spool-dir")
+        return
+    report.ok("spool folder", f"{args.spool_dir} is writable")
+
+
 def run_check(args, source):
     report = CheckReport()
     print(f"{SERVICE_NAME} {__version__} --check")
     sample_ok = source.check(report, args)
+    if args.spool_dir:
+        check_spool(args, report)
     exporter = Exporter(args, source)
     samples = []
     if sample_ok:

@@ -260,3 +260,16 @@ def test_spool_full_drops_are_counted_once_and_the_newest_are_kept(macmon_mod, t
     spool.close()
     again = macmon_mod.Spool(str(tmp_path), 4000, macmon_mod.Stats(0), table, {"service.name": "x"})
     assert [s.time_ns for s in again.open()] == [s.time_ns for s in samples[200 - kept:]]
+
+
+def test_check_says_whether_the_spool_folder_can_be_written(receiver, tmp_path):
+    from conftest import FAKE_MACMON, MACMON_EXPORTER, run_cli
+    good = run_cli(MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--check", "--endpoint", receiver.url,
+                   "--spool-dir", str(tmp_path / "spool"))
+    assert good.returncode == 0 and "OK    spool folder" in good.stdout
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == []  # the probe is gone
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    bad = run_cli(MACMON_EXPORTER, "--macmon", FAKE_MACMON, "--check", "--endpoint", receiver.url,
+                  "--spool-dir", str(blocked))
+    assert "WARN  spool folder" in bad.stdout and "kept in memory only" in bad.stdout

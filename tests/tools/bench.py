@@ -101,6 +101,9 @@ def run_once(kind, which, samples, tmp):
         if proc.poll() is not None:
             break
         time.sleep(0.02)
+    if proc.poll() is not None:
+        raise SystemExit(f"bench: the {which} for {kind} ended early (exit {proc.returncode}): "
+                         f"{proc.stderr.read()[-1500:]}")
     cpu = process_cpu_s(proc.pid)
     rss = peak_rss_mb(proc.pid)
     got = receiver.count(spec["series"])

@@ -96,8 +96,8 @@ def main():
                 latest.set(name, (), value)
             window = now - previous.get("t", now - args.interval)
             previous["t"] = now
-            for gauge, counter, _key in mod.POWER_FIELDS:
-                if counter and gauge in readings:
+            for gauge, counter in mod.ENERGY_OF.items():
+                if gauge in readings:
                     energy[counter] = energy.get(counter, 0.0) + readings[gauge] * window
                     latest.set(counter, (), energy[counter])
         else:
