@@ -183,7 +183,7 @@ def test_ctrl_c_keeps_the_levels_already_finished(lab):
         out, err = proc.communicate(timeout=30)
     finally:
         slow.stop()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (proc.returncode, out, err)
     assert "interrupted: the levels that finished are kept" in out
     rows = sqlite3.connect(lab["history"]).execute("SELECT document FROM runs").fetchall()
     kept = json.loads(rows[0][0])

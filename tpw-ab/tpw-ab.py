@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import signal
 import sqlite3
 import sys
 import threading
@@ -761,6 +762,9 @@ def command_run(args):
 
 
 def main(argv=None):
+    # Ctrl-C must end a run with the levels that finished, whatever the parent left SIGINT as (a
+    # process started with SIGINT ignored would otherwise run on to the end).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
