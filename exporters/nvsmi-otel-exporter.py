@@ -997,7 +997,7 @@ LAYOUTS = {}  # every distinct sample shape, once: the buffer's samples share th
 class Sample:
     """The readings of one source line (see above), waiting to be sent."""
 
-    __slots__ = ("time_ns", "layout", "values", "resource", "seq", "unanswered")
+    __slots__ = ("time_ns", "layout", "values", "resource", "seq", "unanswered", "own")
 
     def __init__(self, time_ns, layout, values, resource=None):
         self.time_ns = time_ns
@@ -1008,6 +1008,7 @@ class Sample:
         # Requests that carried this sample, went out whole and got no answer: the collector may
         # have stored each, so each is a possible duplicate once the sample is delivered.
         self.unanswered = 0
+        self.own = False  # only the exporter's own series (no source line parsed): not a sample read
 
     def readings(self):
         return [(name, value, attributes, start) for (name, attributes, start), value in zip(self.layout, self.values)]
@@ -1181,18 +1182,20 @@ class Stats:
                 self.points_dropped[reason] = self.points_dropped.get(reason, 0) + count
 
     def dropped(self, reason, samples):
+        read = sum(1 for s in samples if not s.own)
         with self.lock:
-            self.samples_dropped[reason] = self.samples_dropped.get(reason, 0) + len(samples)
+            self.samples_dropped[reason] = self.samples_dropped.get(reason, 0) + read
             self.points_dropped[reason] = self.points_dropped.get(reason, 0) + sum(len(s.values) for s in samples)
             # given up on, but a request that carried them went out and got no answer: they may be there
-            self.dropped_unanswered += sum(s.unanswered for s in samples)
+            self.dropped_unanswered += sum(s.unanswered for s in samples if not s.own)
 
     def delivered(self, samples):
         resent = [s for s in samples if s.unanswered]
+        read = sum(1 for s in samples if not s.own)
         with self.lock:
-            self.samples_delivered += len(samples)
+            self.samples_delivered += read
             self.points_sent += sum(len(s.values) for s in samples)
-            self.samples_resent += sum(s.unanswered for s in resent)
+            self.samples_resent += sum(s.unanswered for s in resent if not s.own)
             self.points_resent += sum(len(s.values) * s.unanswered for s in resent)
 
     def send_error(self, error_type):
@@ -1491,6 +1494,7 @@ class Spool:
                 unknown += implausible
                 if sample is not None:
                     sample.seq = int(seq)
+                    sample.own = all(name.startswith("exporter.") for name, _a, _s in sample.layout)
                     samples.append(sample)
             except (ValueError, TypeError, KeyError, RecursionError):
                 bad += 1
@@ -2625,7 +2629,9 @@ class Exporter:
     def self_report_sample(self, time_ns):
         if not self.self_report_due():
             return None
-        return make_sample(time_ns, self.stats.readings(len(self.buffer)), self.table)[0]
+        sample = make_sample(time_ns, self.stats.readings(len(self.buffer)), self.table)[0]
+        sample.own = True
+        return sample
 
     def line_skipped(self, line, why):
         """Count it; warn at once, then at most once a minute, so that a changed source format is
@@ -2695,7 +2701,7 @@ def first_round(exporter, supervisor):
     expected = None
     for read_ns, line in supervisor.lines():
         sample = exporter.sample_from(read_ns, line)
-        if sample is None or sample.layout[0][0].startswith("exporter."):
+        if sample is None or sample.own:
             continue
         if samples and exporter.source.starts_round():
             break  # the next round began: this round had fewer rows than the source announced

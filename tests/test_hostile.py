@@ -205,6 +205,8 @@ def test_a_changed_macmon_format_is_a_warning_and_the_exporter_series_go_on(rece
     assert len(warnings) == 1 and "no known field" in warnings[0] and '\\"soc\\"' in warnings[0]
     assert not receiver.series("mac.power.total")
     assert receiver.series("exporter.samples.read")
+    # the exporter's own series went out, but no sample was read, so none counts as delivered
+    assert "samples read 0, delivered 0 (resent 0)" in exporter.stderr
 
 
 @pytest.fixture

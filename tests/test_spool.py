@@ -53,7 +53,8 @@ def test_sigterm_writes_the_spool_and_a_restart_delivers_it_once(receiver, tmp_p
     assert len(times) >= 20
     delivered_before = set(sample_times(receiver))
     receiver.start()
-    again = start_macmon_exporter(receiver.url, "--spool-dir", str(spool), fake_env={"FAKE_MACMON_SPEED": "20"})
+    again = start_macmon_exporter(receiver.url, "--spool-dir", str(spool), "--spool-every", "0.5",
+                                  fake_env={"FAKE_MACMON_SPEED": "20"})
     assert receiver.wait_for(lambda: set(times) <= set(sample_times(receiver)), 20)
     assert receiver.wait_for(lambda: not spool_file.exists(), 10)  # all sent: the spool is gone
     assert again.stop() == 0
