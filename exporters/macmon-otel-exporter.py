@@ -1647,9 +1647,14 @@ def proxy_for(url):
     return proxies.get(parts.scheme) or proxies.get("all")
 
 
-def without_credentials(url):
+def proxy_parts(proxy):
+    """A proxy setting split into its parts; `host:port` without a scheme means http, as in urllib."""
+    return urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+
+
+def without_credentials(proxy):
     """A proxy URL fit for a log line."""
-    parts = urllib.parse.urlsplit(url)
+    parts = proxy_parts(proxy)
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
@@ -1703,7 +1708,7 @@ class OtlpHttpClient:
         self.request_out = False  # the last request went out whole: a failure now may follow its storing
 
     def route_through_proxy(self, host_header, fields):
-        proxy = urllib.parse.urlsplit(self.proxy if "://" in self.proxy else f"http://{self.proxy}")
+        proxy = proxy_parts(self.proxy)
         self.connect_to = (proxy.hostname, proxy.port or 8080)
         auth = {}
         if proxy.username is not None:
@@ -2671,7 +2676,7 @@ def check_collector(args, report):
     if proxy:
         # The exporter will connect to the proxy, not the collector: that is what to test.
         report.ok("proxy", f"{without_credentials(proxy)} (from the environment; NO_PROXY to go direct)")
-        proxied = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        proxied = proxy_parts(proxy)
         parts, port = proxied, proxied.port or 8080
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)

@@ -28,6 +28,17 @@ def test_shared_core_is_identical():
     assert macmon == nvsmi, "shared core lengths differ; run `make sync`"
 
 
+def test_the_source_contract_reads_the_same_in_both_exporters():
+    """The contract is written above each Source class (a reader meets it before the core); the two
+    texts must not drift apart."""
+    def contract(path):
+        text = open(path).read()
+        start = text.index("# ---------------------------------------------------------------- the Source contract")
+        return text[start:text.index("class Source:", start)]
+    assert contract(MACMON_EXPORTER) == contract(NVSMI_EXPORTER)
+    assert "parse_line(line, read_ns)" in contract(MACMON_EXPORTER)
+
+
 def test_the_sync_stamp_is_the_core_of_both_copies():
     import hashlib
     with open(os.path.join(ROOT, "tests", "tools", "shared-core.sha256")) as fh:
