@@ -298,6 +298,11 @@ class FrozenChannels:
 #                              lowest GPU's row for nvidia-smi): the exporter's own series go there
 #   rows_per_interval()        lines per interval: sizes the buffer's default hour
 #   check(report, args)        --check's checks of the source; False when no sample can be taken
+#   name                       what the log calls the source ("macmon", "nvidia-smi", "NVML")
+#   origins()                  {metric: where the source reads it}, shown by --list-metrics
+# command() may instead return an object read like the child (a source read in this process):
+#   read(timeout, wake_fd) -> (lines, ended, woken), terminate(), exit_description(),
+#   description(), pid (None), returncode, argv; its "lines" may be any object parse_line takes.
 
 class Source:
     """macmon as the source of samples: finding it, its command line, and its lines."""
@@ -307,7 +312,11 @@ class Source:
     SETTINGS = [("--macmon", "MACMON", None,
                  "macmon binary; else $EXO_MACMON_PATH, EXO.app's copy, Homebrew, ~/.cargo/bin, PATH")]
 
+    name = SOURCE_NAME
+
     def __init__(self, args):
+        if args.interval < 0.1:
+            raise ConfigError(f"--interval {args.interval:g}: macmon samples at most every 0.1 s; use 0.1 or more")
         self.args = args
         self.path = None
         self.version = None
@@ -317,6 +326,12 @@ class Source:
     @staticmethod
     def extra_metrics():
         return []
+
+    @staticmethod
+    def origins():
+        out = {name: f"macmon {key}" for name, _unit, key, _how, _energy, _text in FIELDS}
+        out.update({energy[0]: f"macmon {key}, integrated" for _n, _u, key, _h, energy, _t in FIELDS if energy})
+        return out
 
     @staticmethod
     def rows_per_interval():
@@ -564,13 +579,16 @@ def metrics_url(args):
     return url
 
 
+MIN_INTERVAL_S = 0.05  # the source may ask for more (macmon and nvidia-smi: 0.1 s)
+
+
 def interval_value(text):
     try:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
-    if not 0.1 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    if not MIN_INTERVAL_S <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_INTERVAL_S:g} and 3600 seconds")
     return seconds
 
 
@@ -599,7 +617,7 @@ SHARED_SETTINGS = [
     ("--certificate", "OTEL_EXPORTER_OTLP_CERTIFICATE", None,
      "PEM CA bundle to verify the collector's TLS certificate (TLS is always verified)"),
     ("--exporter", "OTEL_METRICS_EXPORTER", "otlp", "otlp (send), console (print instead) or none"),
-    ("--interval", "TPW_INTERVAL", "5", "seconds between samples, 0.1 to 3600"),
+    ("--interval", "TPW_INTERVAL", "5", "seconds between samples, 0.05 to 3600 (macmon and nvidia-smi: from 0.1)"),
     ("--cluster", "TPW_CLUSTER", DEFAULT_CLUSTER, "value of the `cluster` resource attribute"),
     ("--environment", "TPW_ENVIRONMENT", None,
      "deployment.environment.name (and the older deployment.environment)"),
@@ -2143,6 +2161,7 @@ def format_duration(seconds):
 
 ERROR_LINE = re.compile(r"^(error|failed|unable|field )|has failed|couldn't|not a valid field", re.IGNORECASE)
 STARTUP_GRACE_S = 10.0  # the first line needs start-up time (macmon scans SMC keys) plus one interval
+MIN_SILENCE_S = 2.0     # a source is silent after 3 intervals, never less than this (hiccups at 0.05 s)
 MAX_LINE_BYTES = 1 << 20
 
 
@@ -2160,6 +2179,17 @@ class SourceProcess:
         self.open_fds = [self.out_fd, self.err_fd]
         self.stderr_tail = deque(maxlen=20)
         self.stdout_tail = deque(maxlen=5)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    def description(self):
+        return f"(pid {self.proc.pid}): {' '.join(self.argv)}"
 
     def read(self, timeout, wake_fd):
         """Wait up to timeout for output. Returns (stdout lines as (read ns, text), ended, woken)."""
@@ -2331,7 +2361,7 @@ class Supervisor:
             if self.child is None:
                 continue
             got_line = False
-            silence_s = 3 * self.interval + STARTUP_GRACE_S
+            silence_s = max(3 * self.interval, MIN_SILENCE_S) + STARTUP_GRACE_S
             while not self.stopping.is_set():
                 wait_s = max(0.01, silence_s - (time.monotonic() - self.last_line))
                 lines, ended, woken = self.child.read(wait_s, self.wake_r)
@@ -2341,47 +2371,48 @@ class Supervisor:
                     self.last_line = time.monotonic()
                     if not got_line:
                         got_line = True
-                        silence_s = 3 * self.interval
+                        silence_s = max(3 * self.interval, MIN_SILENCE_S)
                     yield read_ns, line
                     if self.stopping.is_set():
                         break
                 if ended:
                     break
                 if not lines and not woken and time.monotonic() - self.last_line > silence_s:
-                    LOG.warning("%s printed nothing for %.1fs; restarting it", SOURCE_NAME, silence_s)
+                    LOG.warning("%s gave nothing for %.1fs; restarting it", self.source.name, silence_s)
                     break
             self.finish_child(got_line)
 
     def start(self):
         self.source.reset()
-        argv = None
         try:
-            argv = self.source.command(self.interval)
-            self.child = SourceProcess(argv)
+            started = self.source.command(self.interval)
+            # A source read inside this process (NVML) hands back its reader, which reads like a child.
+            self.child = SourceProcess(started) if isinstance(started, list) else started
         except OSError as exc:
             self.child = None
-            LOG.error("cannot start %s (%s): %s", SOURCE_NAME, argv[0] if argv else "?", exc)
+            LOG.error("cannot start %s: %s", self.source.name, exc)
             self.pause()
             return
         if self.started_once:
             self.stats.source_restarted()
         self.started_once = True
         self.last_line = time.monotonic()
-        LOG.info("started %s (pid %d): %s", SOURCE_NAME, self.child.proc.pid, " ".join(argv))
-        self.record.write(self.child.proc.pid, argv[0])
+        LOG.info("started %s %s", self.source.name, self.child.description())
+        if self.child.pid is not None:
+            self.record.write(self.child.pid, self.child.argv[0])
 
     def finish_child(self, got_line):
         self.child.terminate()
         if self.stopping.is_set():
             return
-        code = self.child.proc.returncode
+        code = self.child.returncode
         description = self.child.exit_description()
         if code == 2:
-            raise SourceUsageError(f"{SOURCE_NAME} rejected its arguments ({description}); "
+            raise SourceUsageError(f"{self.source.name} rejected its arguments ({description}); "
                                    f"command was: {' '.join(self.child.argv)}")
         if got_line:
             self.backoff = 1.0
-        LOG.warning("%s stopped (%s); restarting in %.0fs", SOURCE_NAME, description, self.backoff)
+        LOG.warning("%s stopped (%s); restarting in %.0fs", self.source.name, description, self.backoff)
         self.pause()
 
     def pause(self):
@@ -2408,6 +2439,7 @@ class Supervisor:
 
 # ---------------------------------------------------------------- running
 
+DEFAULT_BUFFER_CAP = 100000  # samples (about 60-90 MB): an hour at 0.05 s on 8 GPUs would be 576,000
 SKIPPED_NOTE_S = 60.0  # unparsable source lines: a warning at once, then at most one a minute
 
 
@@ -2435,8 +2467,9 @@ class Exporter:
     """Wires the pieces: supervisor -> source parser -> samples -> buffer -> sender."""
 
     def __init__(self, args, source):
-        if args.buffer_max is None:  # one hour of samples
-            args.buffer_max = max(1, int(3600 / args.interval)) * source.rows_per_interval()
+        if args.buffer_max is None:  # one hour of samples, at most DEFAULT_BUFFER_CAP
+            hour = max(1, int(3600 / args.interval)) * source.rows_per_interval()
+            args.buffer_max = min(hour, DEFAULT_BUFFER_CAP)
         args.batch_max = min(args.batch_max, args.buffer_max)
         self.args = args
         self.source = source
@@ -2511,8 +2544,8 @@ class Exporter:
         now = time.monotonic()
         if self.last_skip_note is None or now - self.last_skip_note >= SKIPPED_NOTE_S:
             more = f" ({self.skipped_since_note} in the last minute)" if self.last_skip_note is not None else ""
-            LOG.warning("skipped an unparsable %s line%s: %s: %s", SOURCE_NAME, more,
-                        one_line(str(why), 120), one_line(line, 120))
+            LOG.warning("skipped an unparsable %s line%s: %s: %s", self.source.name, more,
+                        one_line(str(why), 120), one_line(str(line), 120))
             self.last_skip_note = now
             self.skipped_since_note = 0
 
@@ -2612,7 +2645,7 @@ def export_one_round(args, source):
     exporter = Exporter(args, source)
     samples = read_first_round(exporter, args.interval, max_starts=3)
     if not samples:
-        LOG.error("no sample from %s", SOURCE_NAME)
+        LOG.error("no sample from %s", source.name)
         return EXIT_EXPORT_FAILED
     if args.exporter != "otlp":
         if args.exporter == "console":
@@ -2743,7 +2776,7 @@ def run_check(args, source):
             report.ok("one sample parsed", f"{len(samples)} row{'' if len(samples) == 1 else 's'}, "
                                            f"{count_points(samples)} data points")
         else:
-            report.fail("one sample parsed", f"{SOURCE_NAME} gave no usable line")
+            report.fail("one sample parsed", f"{source.name} gave no usable line")
     if args.exporter == "otlp" and check_collector(args, report):
         if not samples:
             samples = [make_sample(time.time_ns(), exporter.stats.readings(0), exporter.table)[0]]
@@ -2772,7 +2805,10 @@ def main(argv=None):
         args = parser.parse_args(argv)
         if args.list_metrics:
             table = MetricTable(SOURCE_METRICS + Source.extra_metrics() + SELF_METRICS)
-            print(json.dumps(table.as_json(), indent=2))
+            origins = Source.origins()
+            rows = [dict(row, source=origins[row["name"]]) if row["name"] in origins else row
+                    for row in table.as_json()]
+            print(json.dumps(rows, indent=2))
             return EXIT_OK
         args = finish_config(args)
         LOG.set_level(args.log_level)

@@ -1,26 +1,28 @@
 #!/usr/bin/env python3
 """nvsmi-otel-exporter: NVIDIA GPU power, temperature and load as OTLP/JSON metrics.
 
-Runs one long-lived `nvidia-smi --query-gpu=... --format=csv,noheader,nounits -lms <ms>` child,
-turns each row (one per GPU) into readings (gpu.power.*, gpu.energy, gpu.temp.*, ...) and sends
-them to an OpenTelemetry Collector over OTLP/HTTP with JSON encoding. Where Linux RAPL is
-readable it adds host CPU power (host.power.cpu, host.energy.cpu), so an NVIDIA node compares
-fairly with a Mac whose mac.power.total includes the CPU.
+Reads every GPU once per interval, either from the driver's own library (NVML, libnvidia-ml.so.1,
+through ctypes: the GPU's energy counter where it has one, no child process) or from one
+long-lived `nvidia-smi --query-gpu=... --format=csv,noheader,nounits -lms <ms>` child, turns each
+GPU's row into readings (gpu.power.*, gpu.energy, gpu.temp.*, ...) and sends them to an
+OpenTelemetry Collector over OTLP/HTTP with JSON encoding. Where Linux RAPL is readable it adds
+host CPU power (host.power.cpu, host.energy.cpu), so an NVIDIA node compares fairly with a Mac
+whose mac.power.total includes the CPU.
 
 One file, Python standard library only, Python 3.9+:
 
     scp nvsmi-otel-exporter.py gpu-box:
     python3 nvsmi-otel-exporter.py --endpoint http://ai-stack.local:4318
 
-Works from old drivers (R390, Maxwell) to current ones (R610): at every start it asks
-`nvidia-smi --help-query-gpu` which fields this driver offers and queries only those, because one
-unknown field makes nvidia-smi fail the whole query. A reading the GPU cannot give ([N/A],
-[Not Supported], ...) is left out, never sent as 0.
+Works from old drivers (R390, Maxwell) to current ones (R610): with nvidia-smi it asks
+`--help-query-gpu` at every start which fields this driver offers and queries only those, because
+one unknown field makes nvidia-smi fail the whole query; with NVML a call this driver lacks is
+skipped. A reading the GPU cannot give ([N/A], NOT_SUPPORTED, ...) is left out, never sent as 0.
 
-Read top to bottom: what this exporter sends and which nvidia-smi field it comes from (FIELDS),
-how nvidia-smi is found and asked, how one row becomes readings (the Source class), RAPL, then
-the shared core that buffers and sends (the same text in every exporter). Run with --help for
-every flag, its environment variable and its default.
+Read top to bottom: what this exporter sends and where each backend reads it (FIELDS), how
+nvidia-smi is found and asked, how a cell becomes a reading, RAPL, NVML, the Source class that
+makes readings of either backend's rows, then the shared core that buffers and sends (the same
+text in every exporter). Run with --help for every flag, its environment variable and its default.
 """
 from __future__ import annotations
 
@@ -51,58 +53,68 @@ SOURCE_NAME = "nvidia-smi"
 GAUGE, SUM = "gauge", "sum"
 
 
-# ---------------------------------------------------------------- nvidia-smi: what is sent, from where
+# ---------------------------------------------------------------- what is sent, from where
 
 # One row per series; adding a series is adding a row. Columns: metric name, unit, our key for the
 # field, the names nvidia-smi knows it by (newest first: the first this driver offers is queried),
-# how to read the cell (a function below), description. Every GPU reading carries gpu.index,
-# gpu.uuid, gpu.name and gpu.pci.bus_id. The metric table, the query and the parser come from here.
+# the NVML call that reads it (call, its argument, the divisor to nvidia-smi's unit), how to read
+# the value (a function below, the same for both backends), description. Every GPU reading carries
+# gpu.index, gpu.uuid, gpu.name and gpu.pci.bus_id. The metric table, the nvidia-smi query, the
+# NVML reads and the parser come from here. NVML "field" calls are nvmlDeviceGetFieldValues ids
+# (nvml.h NVML_FI_DEV_*), with a scope where it is not the GPU's own (1: the whole module).
 FIELDS = [
-    ("gpu.power.board", "W", "power.draw", ("power.draw",), "number",
-     "Board power (nvidia-smi power.draw: 1 s average on Ampere+, else instant)"),
-    ("gpu.power.average", "W", "power.draw.average", ("power.draw.average", "gpu.power.draw.average"), "number",
-     "Board power averaged over 1 s (power.draw.average, R535+)"),
-    ("gpu.power.instant", "W", "power.draw.instant", ("power.draw.instant", "gpu.power.draw.instant"), "number",
-     "Instantaneous board power (power.draw.instant, R535+)"),
-    ("gpu.power.module", "W", "module.power.draw.average", ("module.power.draw.average",), "number",
-     "Whole-module power, e.g. Grace+GPU (module.power.draw.average)"),
-    ("gpu.power.limit", "W", "enforced.power.limit", ("enforced.power.limit", "gpu.power.current_limit"), "number",
-     "Enforced power limit (enforced.power.limit)"),
-    ("gpu.temp.core", "Cel", "temperature.gpu", ("temperature.gpu",), "number",
-     "GPU core temperature (temperature.gpu)"),
-    ("gpu.temp.memory", "Cel", "temperature.memory", ("temperature.memory",), "number",
+    ("gpu.power.board", "W", "power.draw", ("power.draw",), ("nvmlDeviceGetPowerUsage", None, 1000), "number",
+     "Board power (power.draw / nvmlDeviceGetPowerUsage: 1 s average on Ampere+, else instant)"),
+    ("gpu.power.average", "W", "power.draw.average", ("power.draw.average", "gpu.power.draw.average"),
+     ("field", 185, 1000), "number", "Board power averaged over 1 s (power.draw.average, R535+)"),
+    ("gpu.power.instant", "W", "power.draw.instant", ("power.draw.instant", "gpu.power.draw.instant"),
+     ("field", 186, 1000), "number", "Instantaneous board power (power.draw.instant, R535+)"),
+    ("gpu.power.module", "W", "module.power.draw.average", ("module.power.draw.average",),
+     ("field", (185, 1), 1000), "number", "Whole-module power, e.g. Grace+GPU (module.power.draw.average)"),
+    ("gpu.power.limit", "W", "enforced.power.limit", ("enforced.power.limit", "gpu.power.current_limit"),
+     ("nvmlDeviceGetEnforcedPowerLimit", None, 1000), "number", "Enforced power limit (enforced.power.limit)"),
+    ("gpu.temp.core", "Cel", "temperature.gpu", ("temperature.gpu",), ("nvmlDeviceGetTemperature", 0, 1),
+     "number", "GPU core temperature (temperature.gpu)"),
+    ("gpu.temp.memory", "Cel", "temperature.memory", ("temperature.memory",), ("field", 82, 1), "number",
      "HBM temperature (temperature.memory)"),
-    ("gpu.utilization.gpu", "1", "utilization.gpu", ("utilization.gpu",), "percent",
-     "Time a kernel was running, 0-1 (utilization.gpu / 100)"),
-    ("gpu.utilization.memory", "1", "utilization.memory", ("utilization.memory",), "percent",
+    ("gpu.utilization.gpu", "1", "utilization.gpu", ("utilization.gpu",),
+     ("nvmlDeviceGetUtilizationRates", "gpu", 1), "percent", "Time a kernel was running, 0-1 (utilization.gpu / 100)"),
+    ("gpu.utilization.memory", "1", "utilization.memory", ("utilization.memory",),
+     ("nvmlDeviceGetUtilizationRates", "memory", 1), "percent",
      "Time memory was read or written, 0-1 (utilization.memory / 100)"),
-    ("gpu.memory.used", "By", "memory.used", ("memory.used",), "mebibytes",
-     "Framebuffer memory in use (memory.used MiB x 1048576)"),
-    ("gpu.memory.total", "By", "memory.total", ("memory.total",), "mebibytes",
-     "Framebuffer memory size (memory.total MiB x 1048576)"),
-    ("gpu.clock.sm", "Hz", "clocks.sm", ("clocks.sm", "clocks.current.sm"), "megahertz",
-     "SM clock (clocks.sm MHz x 1e6)"),
-    ("gpu.clock.memory", "Hz", "clocks.mem", ("clocks.mem", "clocks.current.memory"), "megahertz",
-     "Memory clock (clocks.mem MHz x 1e6)"),
-    ("gpu.fan.speed", "1", "fan.speed", ("fan.speed",), "percent",
+    ("gpu.memory.used", "By", "memory.used", ("memory.used",), ("nvmlDeviceGetMemoryInfo", "used", 1048576),
+     "mebibytes", "Framebuffer memory in use (memory.used MiB x 1048576)"),
+    ("gpu.memory.total", "By", "memory.total", ("memory.total",), ("nvmlDeviceGetMemoryInfo", "total", 1048576),
+     "mebibytes", "Framebuffer memory size (memory.total MiB x 1048576)"),
+    ("gpu.clock.sm", "Hz", "clocks.sm", ("clocks.sm", "clocks.current.sm"), ("nvmlDeviceGetClockInfo", 1, 1),
+     "megahertz", "SM clock (clocks.sm MHz x 1e6)"),
+    ("gpu.clock.memory", "Hz", "clocks.mem", ("clocks.mem", "clocks.current.memory"), ("nvmlDeviceGetClockInfo", 2, 1),
+     "megahertz", "Memory clock (clocks.mem MHz x 1e6)"),
+    ("gpu.fan.speed", "1", "fan.speed", ("fan.speed",), ("nvmlDeviceGetFanSpeed", None, 1), "percent",
      "Intended fan speed, 0-1 (fan.speed / 100; may exceed 1)"),
-    ("gpu.pstate", "1", "pstate", ("pstate",), "pstate", "Performance state: P0 -> 0 ... P15 -> 15"),
+    ("gpu.pstate", "1", "pstate", ("pstate",), ("nvmlDeviceGetPerformanceState", None, 1), "pstate",
+     "Performance state: P0 -> 0 ... P15 -> 15"),
     ("gpu.throttle.power", "1", "clock_events", ("clocks_event_reasons.active", "clocks_throttle_reasons.active"),
-     "power_events", "1 while a power-cap or power-brake clock event is active, else 0"),
+     ("nvmlDeviceGetCurrentClocksEventReasons", None, 1), "power_events",
+     "1 while a power-cap or power-brake clock event is active, else 0"),
     ("gpu.throttle.thermal", "1", "clock_events", ("clocks_event_reasons.active", "clocks_throttle_reasons.active"),
-     "thermal_events", "1 while a thermal slowdown clock event is active, else 0"),
+     ("nvmlDeviceGetCurrentClocksEventReasons", None, 1), "thermal_events",
+     "1 while a thermal slowdown clock event is active, else 0"),
 ]
 # Who each row is about: asked for first, in this order, on every driver.
 IDENTITY_FIELDS = [("index", ("index",)), ("uuid", ("uuid", "gpu_uuid")), ("name", ("name", "gpu_name")),
                    ("pci.bus_id", ("pci.bus_id", "gpu_bus_id"))]
 IDENTITY = tuple(key for key, _names in IDENTITY_FIELDS)
+# gpu.energy: the GPU's own counter (NVML, Volta and later: nvmlDeviceGetTotalEnergyConsumption, mJ)
+# where it has one, else gpu.power.board integrated; the attribute gpu.energy.source says which.
 ENERGY = ("gpu.energy", "gpu.power.board",
-          "Board energy: gpu.power.board integrated over the real time between rows")
+          "Board energy since the series start: the GPU's energy counter (gpu.energy.source=counter), "
+          "or gpu.power.board integrated over the real time between rows (gpu.energy.source=integrated)")
 
-SOURCE_METRICS = ([(name, unit, GAUGE, text) for name, unit, _key, _names, _how, text in FIELDS]
+SOURCE_METRICS = ([(name, unit, GAUGE, text) for name, unit, _key, _names, _nvml, _how, text in FIELDS]
                   + [(ENERGY[0], "J", SUM, ENERGY[2])])
-# What we ask for: (our key, the names nvidia-smi knows it by), each key once.
-WANTED_FIELDS = IDENTITY_FIELDS + list({key: (key, names) for _n, _u, key, names, _h, _t in FIELDS}.values())
+# What we ask nvidia-smi for: (our key, the names nvidia-smi knows it by), each key once.
+WANTED_FIELDS = IDENTITY_FIELDS + list({key: (key, names) for _n, _u, key, names, _v, _h, _t in FIELDS}.values())
 
 RAPL_METRICS = [
     ("host.energy.cpu", "J", SUM, "CPU energy from Linux RAPL, per zone (attribute rapl.zone)"),
@@ -177,7 +189,9 @@ SW_POWER_CAP, HW_SLOWDOWN, SW_THERMAL, HW_THERMAL, HW_POWER_BRAKE = 0x4, 0x8, 0x
 
 
 def cell_number(text):
-    """A CSV cell as a float, or None for every spelling of "no value"."""
+    """A CSV cell (or an NVML number) as a float, or None for every spelling of "no value"."""
+    if not isinstance(text, str):
+        return float(text) if finite(text) else None
     text = text.strip()
     if text.lower() in ABSENT or text.startswith("["):
         return None
@@ -188,8 +202,9 @@ def cell_number(text):
     return value if finite(value) else None
 
 
-# How to read a cell (the fifth column of FIELDS): text -> value, or None when the GPU has no
-# reading. A negative power, temperature, size or clock is no reading either.
+# How to read a value (the sixth column of FIELDS): an nvidia-smi cell's text, or an NVML number
+# already in nvidia-smi's unit -> value, or None when the GPU has no reading. A negative power,
+# temperature, size or clock is no reading either.
 
 def number(text):
     value = cell_number(text)
@@ -212,11 +227,15 @@ def megahertz(text):
 
 
 def pstate(text):
+    if not isinstance(text, str):  # NVML: 0-15, 32 for "unknown"
+        return int(text) if 0 <= text <= 15 else None
     found = re.fullmatch(r"P(\d{1,2})", text.strip())
     return int(found.group(1)) if found else None
 
 
 def event_mask(text):
+    if not isinstance(text, str):
+        return int(text)
     text = text.strip()
     return int(text, 16) if re.fullmatch(r"0x[0-9a-fA-F]+", text) else None
 
@@ -233,7 +252,7 @@ def thermal_events(text):
 
 READERS = {"number": number, "percent": percent, "mebibytes": mebibytes, "megahertz": megahertz,
            "pstate": pstate, "power_events": power_events, "thermal_events": thermal_events}
-FIELD_READERS = [(name, key, READERS[how]) for name, _unit, key, _names, how, _text in FIELDS]
+FIELD_READERS = [(name, key, READERS[how]) for name, _unit, key, _names, _nvml, how, _text in FIELDS]
 # Lines nvidia-smi prints between rows that an operator must see (Xid, ECC, a GPU that is lost).
 EVENT_LINE = re.compile(r"xid|ecc|gpu is lost|unable to determine the device handle", re.IGNORECASE)
 
@@ -317,6 +336,446 @@ class RaplReader:
         return out
 
 
+# ---------------------------------------------------------------- NVML: the driver's library
+
+# nvmlReturn_t codes (nvml.h) that this exporter acts on
+NVML_SUCCESS, NVML_ERROR_UNINITIALIZED, NVML_ERROR_NOT_SUPPORTED = 0, 1, 3
+NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_FUNCTION_NOT_FOUND, NVML_ERROR_GPU_IS_LOST = 9, 13, 15
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
+# Answers meaning the library as a whole is gone (driver unloaded): the reader ends and restarts.
+NVML_GONE = (NVML_ERROR_UNINITIALIZED, NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+# Answers meaning "this GPU has no such reading, ever": the series is left out and not asked for
+# again (INVALID_ARGUMENT 2, NOT_SUPPORTED 3, NO_PERMISSION 4, FUNCTION_NOT_FOUND 13). Any other
+# failure leaves the reading out of this round only.
+NVML_NO_READING = (2, NVML_ERROR_NOT_SUPPORTED, 4, NVML_ERROR_FUNCTION_NOT_FOUND)
+NVML_FIELD_NAMES = {82: "NVML_FI_DEV_MEMORY_TEMP", 185: "NVML_FI_DEV_POWER_AVERAGE", 186: "NVML_FI_DEV_POWER_INSTANT"}
+NVML_PSTATE_UNKNOWN = 32
+# The clock event reasons call was renamed in R535; older drivers know only the old name.
+NVML_RENAMED = {"nvmlDeviceGetCurrentClocksEventReasons": ("nvmlDeviceGetCurrentClocksEventReasons",
+                                                          "nvmlDeviceGetCurrentClocksThrottleReasons"),
+                "nvmlDeviceGetPciInfo": ("nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetPciInfo_v2", "nvmlDeviceGetPciInfo"),
+                "nvmlDeviceGetCount": ("nvmlDeviceGetCount_v2", "nvmlDeviceGetCount"),
+                "nvmlDeviceGetHandleByIndex": ("nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByIndex")}
+# The FIELDS rows NVML reads: (metric, call, argument, divisor, reader)
+NVML_READS = [(name, nvml[0], nvml[1], nvml[2], READERS[how]) for name, _u, _k, _n, nvml, how, _t in FIELDS]
+
+
+class NvmlError(OSError):
+    """An NVML call failed; .code is its nvmlReturn_t."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+class Nvml:
+    """libnvidia-ml through ctypes (loaded only for this backend). A symbol this driver lacks
+    answers NVML_ERROR_FUNCTION_NOT_FOUND, as the official bindings do, so old drivers degrade."""
+
+    def __init__(self, path):
+        import ctypes
+        self.ct = ctypes
+        self.path = path
+        try:
+            self.lib = ctypes.CDLL(path)
+        except OSError as exc:
+            raise NvmlError(f"cannot load {path} ({one_line(str(exc), 160)})", 12)
+        self.functions = {}
+        self.busy = None  # (call, GPU index, since monotonic) while a reader thread is inside a call
+
+    def function(self, name):
+        if name not in self.functions:
+            function = getattr(self.lib, name, None)
+            if function is not None:
+                function.restype = self.ct.c_int
+            self.functions[name] = function
+        return self.functions[name]
+
+    def call(self, name, *args):
+        """One NVML call by its (possibly renamed) name: its nvmlReturn_t."""
+        for actual in NVML_RENAMED.get(name, (name,)):
+            function = self.function(actual)
+            if function is not None:
+                return function(*args)
+        return NVML_ERROR_FUNCTION_NOT_FOUND
+
+    def error(self, code):
+        function = self.function("nvmlErrorString")
+        text = ""
+        if function is not None:
+            function.restype = self.ct.c_char_p
+            text = (function(code) or b"").decode("utf-8", "replace")
+        return f"{text or 'error'} (NVML {code})"
+
+    def init(self):
+        code = self.call("nvmlInitWithFlags", 0)
+        if code == NVML_ERROR_FUNCTION_NOT_FOUND:
+            code = self.call("nvmlInit_v2")
+        if code == NVML_ERROR_FUNCTION_NOT_FOUND:
+            code = self.call("nvmlInit")
+        if code != NVML_SUCCESS:
+            raise NvmlError(f"NVML did not initialise: {self.error(code)}", code)
+
+    def shutdown(self):
+        self.call("nvmlShutdown")
+
+    def text(self, name, *args):
+        """A string-returning call (buffer, length), or None."""
+        buffer = self.ct.create_string_buffer(96)
+        code = self.call(name, *args, buffer, 96)
+        return buffer.value.decode("utf-8", "replace") if code == NVML_SUCCESS else None
+
+    def driver_version(self):
+        return self.text("nvmlSystemGetDriverVersion")
+
+    def handles(self):
+        """[(index, handle or the nvmlReturn_t that GPU answered)] for every GPU NVML counts."""
+        count = self.ct.c_uint(0)
+        code = self.call("nvmlDeviceGetCount", self.ct.byref(count))
+        if code != NVML_SUCCESS:
+            raise NvmlError(f"nvmlDeviceGetCount: {self.error(code)}", code)
+        out = []
+        for index in range(count.value):
+            handle = self.ct.c_void_p()
+            code = self.call("nvmlDeviceGetHandleByIndex", index, self.ct.byref(handle))
+            out.append((index, handle if code == NVML_SUCCESS else code))
+        return out
+
+
+class NvmlFieldValue:
+    """nvmlFieldValue_t (nvml.h, 40 bytes), made as a ctypes Structure on first use."""
+
+    struct = None
+
+    @classmethod
+    def array(cls, ct, wanted):
+        if cls.struct is None:
+            class Value(ct.Union):
+                _fields_ = [("d", ct.c_double), ("ui", ct.c_uint), ("ul", ct.c_ulong), ("ull", ct.c_ulonglong),
+                            ("sll", ct.c_longlong), ("si", ct.c_int), ("us", ct.c_ushort)]
+
+            class FieldValue(ct.Structure):
+                _fields_ = [("fieldId", ct.c_uint), ("scopeId", ct.c_uint), ("timestamp", ct.c_longlong),
+                            ("latencyUsec", ct.c_longlong), ("valueType", ct.c_uint), ("nvmlReturn", ct.c_uint),
+                            ("value", Value)]
+            cls.struct = FieldValue
+        values = (cls.struct * len(wanted))()
+        for slot, (field_id, scope) in zip(values, wanted):
+            slot.fieldId, slot.scopeId = field_id, scope
+        return values
+
+    @staticmethod
+    def number(slot):
+        """The value by its valueType (0 double, 1 uint, 2 ulong, 3 ulonglong, 4 longlong, 5 int, 6 ushort)."""
+        kind = slot.valueType
+        return getattr(slot.value, ("d", "ui", "ul", "ull", "sll", "si", "us")[kind]) if kind <= 6 else None
+
+
+class GpuLost(Exception):
+    """NVML_ERROR_GPU_IS_LOST from one GPU: its series stop, the other GPUs go on."""
+
+
+class NvmlGpu:
+    """One GPU as NVML sees it: who it is, and its readings of one round."""
+
+    def __init__(self, nvml, index, handle):
+        self.nvml = nvml
+        self.index = index
+        self.handle = handle
+        self.uuid = nvml.text("nvmlDeviceGetUUID", handle) or f"GPU-index-{index}"
+        self.name = nvml.text("nvmlDeviceGetName", handle) or "NVIDIA GPU"
+        self.bus_id = self.pci_bus_id()
+        self.attributes = (("gpu.index", str(index)), ("gpu.uuid", self.uuid), ("gpu.name", self.name),
+                           ("gpu.pci.bus_id", self.bus_id))
+        self.unsupported = set()  # (call, argument): this GPU answered "no such reading"
+        self.fields = [(field if isinstance(field, tuple) else (field, 0)) for _m, call, field, _f, _r in NVML_READS
+                       if call == "field"]
+        self.has_counter = self.energy_mj() is not None
+        self.mig = self.mig_mode()
+
+    def pci_bus_id(self):
+        ct = self.nvml.ct
+
+        class PciInfo(ct.Structure):  # nvmlPciInfo_t
+            _fields_ = [("busIdLegacy", ct.c_char * 16), ("domain", ct.c_uint), ("bus", ct.c_uint),
+                        ("device", ct.c_uint), ("pciDeviceId", ct.c_uint), ("pciSubSystemId", ct.c_uint),
+                        ("busId", ct.c_char * 32)]
+        info = PciInfo()
+        if self.nvml.call("nvmlDeviceGetPciInfo", self.handle, ct.byref(info)) != NVML_SUCCESS:
+            return "unknown"
+        return info.busId.decode("ascii", "replace") or f"{info.domain:08X}:{info.bus:02X}:{info.device:02X}.0"
+
+    def mig_mode(self):
+        current, pending = self.nvml.ct.c_uint(0), self.nvml.ct.c_uint(0)
+        code = self.nvml.call("nvmlDeviceGetMigMode", self.handle, self.nvml.ct.byref(current),
+                              self.nvml.ct.byref(pending))
+        return code == NVML_SUCCESS and current.value == 1
+
+    def checked(self, call, code):
+        """True on success; raises on a lost GPU or a gone library; False for no reading."""
+        if code == NVML_SUCCESS:
+            return True
+        if code == NVML_ERROR_GPU_IS_LOST:
+            raise GpuLost(self.nvml.error(code))
+        if code in NVML_GONE:
+            raise NvmlError(f"{call}: {self.nvml.error(code)}", code)
+        return False
+
+    def scalar(self, call, ctype, *args):
+        """A call answering one number through its last argument, or None."""
+        key = (call, args)
+        if key in self.unsupported:
+            return None
+        value = ctype()
+        self.nvml.busy = (call, self.index, time.monotonic())
+        code = self.nvml.call(call, self.handle, *args, self.nvml.ct.byref(value))
+        self.nvml.busy = None
+        if self.checked(call, code):
+            return value.value
+        if code in NVML_NO_READING:
+            self.unsupported.add(key)
+        return None
+
+    STRUCTS = {"nvmlDeviceGetUtilizationRates": ("c_uint", ("gpu", "memory")),  # nvmlUtilization_t
+               "nvmlDeviceGetMemoryInfo": ("c_ulonglong", ("total", "free", "used"))}  # nvmlMemory_t
+    struct_types = {}
+
+    def structure(self, call):
+        """A call answering a struct (STRUCTS): {member: number}, or {} without a reading."""
+        if (call, ()) in self.unsupported:
+            return {}
+        ct = self.nvml.ct
+        kind, fields = self.STRUCTS[call]
+        if call not in self.struct_types:
+            self.struct_types[call] = type(call, (ct.Structure,), {"_fields_": [(f, getattr(ct, kind)) for f in fields]})
+        value = self.struct_types[call]()
+        self.nvml.busy = (call, self.index, time.monotonic())
+        code = self.nvml.call(call, self.handle, ct.byref(value))
+        self.nvml.busy = None
+        if self.checked(call, code):
+            return {name: getattr(value, name) for name in fields}
+        if code in NVML_NO_READING:
+            self.unsupported.add((call, ()))
+        return {}
+
+    def field_values(self):
+        """Every "field" row of FIELDS in one nvmlDeviceGetFieldValues call: {(id, scope): number}."""
+        wanted = [field for field in self.fields if ("field", field) not in self.unsupported]
+        if not wanted or ("nvmlDeviceGetFieldValues", ()) in self.unsupported:
+            return {}
+        values = NvmlFieldValue.array(self.nvml.ct, wanted)
+        self.nvml.busy = ("nvmlDeviceGetFieldValues", self.index, time.monotonic())
+        code = self.nvml.call("nvmlDeviceGetFieldValues", self.handle, len(wanted), values)
+        self.nvml.busy = None
+        if not self.checked("nvmlDeviceGetFieldValues", code):
+            if code in NVML_NO_READING:
+                self.unsupported.add(("nvmlDeviceGetFieldValues", ()))
+            return {}
+        out = {}
+        for field, slot in zip(wanted, values):  # each element has its own answer
+            if slot.nvmlReturn == NVML_SUCCESS:
+                out[field] = NvmlFieldValue.number(slot)
+            elif slot.nvmlReturn in NVML_NO_READING:
+                self.unsupported.add(("field", field))
+        return out
+
+    def energy_mj(self):
+        return self.scalar("nvmlDeviceGetTotalEnergyConsumption", self.nvml.ct.c_ulonglong)
+
+    def values(self):
+        """{metric: value in our unit} for the readings this GPU gives now; raises GpuLost."""
+        ct = self.nvml.ct
+        answers = {}
+        fields = self.field_values()
+        out = {}
+        for metric, call, argument, divisor, read in NVML_READS:
+            if call == "field":
+                raw = fields.get(argument if isinstance(argument, tuple) else (argument, 0))
+            elif call in self.STRUCTS:
+                if call not in answers:
+                    answers[call] = self.structure(call)
+                raw = answers[call].get(argument)
+            else:
+                key = (call, argument)
+                if key not in answers:
+                    ctype = (ct.c_ulonglong if "Reasons" in call else ct.c_int if "PerformanceState" in call
+                             else ct.c_uint)
+                    answers[key] = self.scalar(call, ctype, *(() if argument is None else (argument,)))
+                raw = answers[key]
+            if raw is None or (call == "nvmlDeviceGetPerformanceState" and raw == NVML_PSTATE_UNKNOWN):
+                continue
+            value = read(raw / divisor if divisor != 1 else raw)
+            if value is not None:
+                out[metric] = value
+        return out
+
+
+class NvmlRow:
+    """What the NVML reader hands the sampling thread for one GPU: its readings of one round."""
+
+    __slots__ = ("index", "uuid", "attributes", "values", "energy_mj")
+
+    def __init__(self, gpu, values, energy_mj):
+        self.index = gpu.index
+        self.uuid = gpu.uuid
+        self.attributes = gpu.attributes
+        self.values = values
+        self.energy_mj = energy_mj
+
+    def __str__(self):
+        return f"NVML row of GPU {self.index}"
+
+
+class NvmlReader:
+    """The NVML backend's reader, read by the supervisor like a child's stdout: a thread reads
+    every GPU once per interval and hands the rows over through a pipe. A driver call that never
+    returns then stalls only this thread: the supervisor sees the silence and ends this reader (the
+    thread is left in its call), and the next one leaves that GPU out until the call returns."""
+
+    pid = None
+    returncode = None
+
+    def __init__(self, source, nvml, interval, left_out):
+        self.source = source
+        self.nvml = nvml
+        self.interval = interval
+        self.left_out = left_out  # (GPU index, the reader stuck on it) or None
+        self.argv = ["NVML", nvml.path]
+        self.rows = deque()
+        self.ended_because = None
+        self.stopping = threading.Event()
+        self.ready, self.signal = os.pipe()
+        os.set_blocking(self.signal, False)
+        self.gpus = []
+        self.lost = {}  # GPU index -> its name in messages, while it is lost
+        self.next_reinit = None
+        self.reinit_backoff = 1.0
+        self.thread = threading.Thread(target=self.run, name="nvml-reader", daemon=True)
+        self.thread.start()
+
+    def description(self):
+        return f"(in this process): {self.nvml.path}, every {self.interval:g}s"
+
+    def read(self, timeout, wake_fd):
+        """Like SourceProcess.read: (rows as (read ns, NvmlRow), ended, woken)."""
+        try:
+            ready, _, _ = select.select([self.ready, wake_fd], [], [], timeout)
+        except InterruptedError:
+            return [], False, False
+        if self.ready in ready:
+            os.read(self.ready, 4096)
+        rows = []
+        while self.rows:
+            rows.append(self.rows.popleft())
+        ended = not rows and not self.thread.is_alive()
+        return rows, ended, wake_fd in ready
+
+    def terminate(self):
+        self.stopping.set()
+        self.thread.join(1.0)
+        if not self.thread.is_alive():  # a thread stuck in a call keeps its pipe: it may still write
+            os.close(self.ready)
+            os.close(self.signal)
+        return None
+
+    def stuck_in(self):
+        """(call, GPU index, seconds) while the thread is inside a call, else None."""
+        busy = self.nvml.busy
+        if busy is None or not self.thread.is_alive():
+            return None
+        return busy[0], busy[1], time.monotonic() - busy[2]
+
+    def exit_description(self):
+        stuck = self.stuck_in()
+        if stuck:
+            return f"{stuck[0]} on GPU {stuck[1]} has not returned for {stuck[2]:.0f}s"
+        return self.ended_because or "stopped"
+
+    def run(self):
+        try:
+            self.nvml.init()
+        except NvmlError as exc:
+            self.ended_because = str(exc)
+            self.wake()
+            return
+        try:
+            self.enumerate()
+            next_round = time.monotonic()
+            while not self.stopping.is_set():
+                self.read_round()
+                self.wake()
+                next_round += self.interval
+                now = time.monotonic()
+                if next_round < now:  # a slow round: skip the ticks it missed, keep the phase
+                    next_round += (now - next_round) // self.interval * self.interval + self.interval
+                self.stopping.wait(next_round - now)
+                self.retry_lost()
+        except NvmlError as exc:
+            self.ended_because = f"the driver went away: {exc}"
+        except Exception as exc:  # a bug must not leave the exporter silently without GPU data
+            self.ended_because = f"NVML reader failed: {exc!r}"
+            LOG.exception("NVML reader failed")
+        finally:
+            self.nvml.shutdown()
+            self.wake()
+
+    def wake(self):
+        try:
+            os.write(self.signal, b".")
+        except OSError:
+            pass  # the pipe is full (the sampling thread is behind) or gone: the rows wait in the deque
+
+    def enumerate(self):
+        self.gpus = []
+        for index, handle in self.nvml.handles():
+            if self.left_out and self.left_out[0] == index:
+                continue
+            if isinstance(handle, int):
+                self.gpu_lost(index, f"GPU {index}", self.nvml.error(handle))
+                continue
+            gpu = NvmlGpu(self.nvml, index, handle)
+            self.gpus.append(gpu)
+            self.source.announce(gpu)
+            if index in self.lost:
+                LOG.info("GPU %d (%s) answers again", index, gpu.bus_id)
+                del self.lost[index]
+
+    def read_round(self):
+        if self.left_out and not self.left_out[1].thread.is_alive():
+            LOG.info("NVML's call on GPU %d returned: that GPU is read again", self.left_out[0])
+            self.left_out = None
+            self.enumerate()
+        for gpu in list(self.gpus):
+            if self.stopping.is_set():
+                return
+            try:
+                values = gpu.values()
+                energy = gpu.energy_mj() if gpu.has_counter else None
+            except GpuLost as exc:
+                self.gpus.remove(gpu)
+                self.gpu_lost(gpu.index, f"GPU {gpu.index} ({gpu.bus_id})", str(exc))
+                continue
+            self.rows.append((time.time_ns(), NvmlRow(gpu, values, energy)))
+
+    def gpu_lost(self, index, who, why):
+        if index not in self.lost:
+            LOG.warning("%s is lost (%s): its series stop, the other GPUs go on; NVML is re-initialised "
+                        "with backoff to find it again (a lost GPU usually needs a reboot)", who, why)
+            self.lost[index] = who
+            self.reinit_backoff = 1.0
+            self.next_reinit = time.monotonic() + self.reinit_backoff
+
+    def retry_lost(self):
+        """While a GPU is lost: shut NVML down and initialise it again, 1 s doubling to 5 minutes."""
+        if not self.lost or time.monotonic() < self.next_reinit or self.stopping.is_set():
+            return
+        self.reinit_backoff = min(self.reinit_backoff * 2, 300.0)
+        self.next_reinit = time.monotonic() + self.reinit_backoff
+        self.nvml.shutdown()
+        self.nvml.init()
+        self.enumerate()
+
+
 # ---------------------------------------------------------------- the Source contract
 # What the shared core below asks of a source (every exporter's Source class keeps it):
 #   Source(args)               made once from the parsed flags; DESCRIPTION and SETTINGS
@@ -333,26 +792,43 @@ class RaplReader:
 #                              lowest GPU's row for nvidia-smi): the exporter's own series go there
 #   rows_per_interval()        lines per interval: sizes the buffer's default hour
 #   check(report, args)        --check's checks of the source; False when no sample can be taken
+#   name                       what the log calls the source ("macmon", "nvidia-smi", "NVML")
+#   origins()                  {metric: where the source reads it}, shown by --list-metrics
+# command() may instead return an object read like the child (a source read in this process):
+#   read(timeout, wake_fd) -> (lines, ended, woken), terminate(), exit_description(),
+#   description(), pid (None), returncode, argv; its "lines" may be any object parse_line takes.
 
 class Source:
-    """nvidia-smi as the source of samples: its fields, its command line, and its rows."""
+    """The NVIDIA GPUs as the source of samples: the backend (NVML or nvidia-smi), and its rows."""
 
-    DESCRIPTION = ("Send NVIDIA GPU power, temperature and load from nvidia-smi (and host CPU power from "
-                   "Linux RAPL) to an OpenTelemetry Collector as OTLP/HTTP JSON metrics.")
+    DESCRIPTION = ("Send NVIDIA GPU power, temperature and load from NVML or nvidia-smi (and host CPU power "
+                   "from Linux RAPL) to an OpenTelemetry Collector as OTLP/HTTP JSON metrics.")
     SETTINGS = [
+        ("--backend", "TPW_NVIDIA_BACKEND", "auto",
+         "auto (NVML when the library loads and initialises, else nvidia-smi), nvml or nvidia-smi"),
+        ("--nvml-library", "TPW_NVML_LIBRARY", "libnvidia-ml.so.1",
+         "the NVML library: a path, or a name the dynamic loader finds (LD_LIBRARY_PATH)"),
         ("--nvidia-smi", "NVIDIA_SMI", None, "nvidia-smi binary; else PATH, /usr/bin, /usr/local/bin"),
         ("--rapl-root", "TPW_RAPL_ROOT", "/sys/class/powercap", "where the RAPL powercap tree is"),
         ("--nvidia-smi-timeout", "TPW_NVIDIA_SMI_TIMEOUT", "20",
          "seconds to wait for one-off calls (--help-query-gpu takes seconds on big boxes; a hung driver "
          "must not hang the exporter)"),
     ]
+    BACKENDS = ("auto", "nvml", "nvidia-smi")
 
     def __init__(self, args):
         self.args = args
+        if args.backend not in self.BACKENDS:
+            raise ConfigError(f"--backend {args.backend!r}: choose auto, nvml or nvidia-smi")
         try:
             self.timeout = float(args.nvidia_smi_timeout)
         except ValueError:
             raise ConfigError(f"--nvidia-smi-timeout {args.nvidia_smi_timeout!r}: a number of seconds")
+        self.name = "nvidia-smi" if args.backend == "nvidia-smi" else "NVML"
+        self.nvml = None
+        self.reader = None        # the NVML reader now running
+        self.announced = {}       # GPU uuid -> the start line said about it
+        self.counters = {}        # GPU uuid -> [counter mJ at the series start, start ns, last mJ]
         self.path = None
         self.keys = []
         self.missing = []
@@ -369,13 +845,87 @@ class Source:
     def extra_metrics():
         return RAPL_METRICS
 
+    @staticmethod
+    def origins():
+        out = {}
+        for name, _unit, _key, names, (call, argument, _factor), _how, _text in FIELDS:
+            if call == "field":
+                field, scope = argument if isinstance(argument, tuple) else (argument, 0)
+                call = f"nvmlDeviceGetFieldValues {NVML_FIELD_NAMES[field]}" + (" (module scope)" if scope else "")
+            out[name] = {"nvidia-smi": names[0], "nvml": call}
+        out[ENERGY[0]] = {"nvidia-smi": "power.draw, integrated",
+                          "nvml": "nvmlDeviceGetTotalEnergyConsumption (Volta+), else nvmlDeviceGetPowerUsage "
+                                  "integrated"}
+        return out
+
+    # ---- which backend
+
     def locate(self):
+        """Choose the backend: NVML when it loads and initialises (unless --backend nvidia-smi)."""
+        if self.args.backend != "nvidia-smi":
+            try:
+                self.open_nvml()
+                self.name = "NVML"
+                return
+            except NvmlError as exc:
+                if self.args.backend == "nvml":
+                    raise ConfigError(f"--backend nvml: {exc}. Install the NVIDIA driver, pass --nvml-library "
+                                      f"PATH, or use --backend nvidia-smi", EXIT_NO_SOURCE)
+                LOG.info("NVML is not usable (%s): reading nvidia-smi instead", exc)
+        self.name = "nvidia-smi"
+        if self.args.interval < 0.1:
+            raise ConfigError(f"--interval {self.args.interval:g}: nvidia-smi samples at most every 0.1 s; "
+                              f"below that needs NVML (--backend nvml)")
         self.path = find_nvidia_smi(self.args.nvidia_smi)
 
+    def open_nvml(self):
+        """Load and initialise NVML once, to choose the backend and count the GPUs."""
+        if self.nvml is None:
+            nvml = Nvml(self.args.nvml_library)
+            nvml.init()
+            try:
+                self.gpu_count = max(1, len(nvml.handles()))
+                version = nvml.driver_version()
+            finally:
+                nvml.shutdown()
+            self.nvml = nvml
+            LOG.info("reading the GPUs through NVML (%s, driver %s)", nvml.path, version or "unknown")
+
     def command(self, interval):
-        """Ask this driver which fields it offers, then stream only those."""
-        if self.path is None:
+        if self.nvml is None and self.path is None:
             self.locate()
+        if self.nvml is not None:
+            return self.start_nvml_reader(interval)
+        return self.nvidia_smi_command(interval)
+
+    def start_nvml_reader(self, interval):
+        """A new reader; one stuck in a driver call leaves its GPU out of the next."""
+        left_out = None
+        stuck = self.reader.stuck_in() if self.reader is not None else None
+        if stuck:
+            call, index, seconds = stuck
+            if index is None:
+                raise SourceStartError(f"NVML is still inside {call} after {seconds:.0f}s")
+            LOG.warning("GPU %d is left out while NVML's %s on it has not returned (%.0fs)", index, call, seconds)
+            left_out = (index, self.reader)
+        elif self.reader is not None and self.reader.left_out and self.reader.left_out[1].thread.is_alive():
+            left_out = self.reader.left_out
+        self.start_rapl()
+        self.reader = NvmlReader(self, self.nvml, interval, left_out)
+        return self.reader
+
+    def announce(self, gpu):
+        """One line per GPU at start (and when its energy method changes): how its energy is measured."""
+        method = "counter" if gpu.has_counter else "integrated"
+        if self.announced.get(gpu.uuid) != method:
+            self.announced[gpu.uuid] = method
+            how = ("from the GPU's energy counter" if gpu.has_counter else
+                   "integrated from its power (no energy counter: before Volta, or an older driver)")
+            LOG.info("GPU %d (%s, %s)%s: energy %s", gpu.index, gpu.name, gpu.bus_id,
+                     ", MIG on: one energy series for the whole GPU" if gpu.mig else "", how)
+
+    def nvidia_smi_command(self, interval):
+        """Ask this driver which fields it offers, then stream only those."""
         code, text = run_nvidia_smi(self.path, ["--help-query-gpu"], self.timeout)
         offered = offered_fields(text) if code == 0 else set()
         if not offered:
@@ -387,20 +937,29 @@ class Source:
             raise SourceStartError("this nvidia-smi offers no index/uuid/name/pci.bus_id fields")
         if self.missing:
             LOG.info("this driver does not offer: %s (those series are left out)", ", ".join(self.missing))
+        self.start_rapl()
+        return [self.path, "--query-gpu=" + ",".join(names), "--format=csv,noheader,nounits",
+                "-lms", str(max(100, int(round(interval * 1000))))]
+
+    def start_rapl(self):
         if self.rapl is None:
             # Read the counters once now, so the first round's row already has a window to give
             # CPU power over (--once sends that round alone).
             self.rapl = RaplReader(self.args.rapl_root)
             self.rapl.readings(time.time_ns())
-        return [self.path, "--query-gpu=" + ",".join(names), "--format=csv,noheader,nounits",
-                "-lms", str(max(100, int(round(interval * 1000))))]
 
     def reset(self):
-        """A new nvidia-smi process starts new energy series (new start time)."""
+        """A new nvidia-smi process or NVML reader starts new integrated energy series (new start
+        time); a counter's series goes on, since the counter itself did not stop."""
         self.energy = {}
         self.previous = {}
 
+    # ---- rows -> readings
+
     def parse_line(self, line, read_ns):
+        if isinstance(line, NvmlRow):
+            readings = self.gpu_readings(read_ns, line.uuid, line.attributes, line.values, line.energy_mj)
+            return read_ns, readings + self.host_readings(read_ns, line.index)
         if not line.strip():
             return None
         if EVENT_LINE.search(line) and not line[:1].isdigit():
@@ -416,7 +975,24 @@ class Source:
         if "[gpu is lost]" in line.lower():
             self.log_event(f"GPU {row['index']} ({row['pci.bus_id']}) is lost: its series stop until it is "
                            f"back (usually after a reboot)")
-        return read_ns, self.gpu_readings(read_ns, row) + self.host_readings(read_ns, row)
+        return read_ns, (self.gpu_readings(read_ns, row["uuid"], self.row_attributes(row), self.row_values(row))
+                         + self.host_readings(read_ns, int(row["index"])))
+
+    @staticmethod
+    def row_attributes(row):
+        return (("gpu.index", row["index"]), ("gpu.uuid", row["uuid"]), ("gpu.name", row["name"]),
+                ("gpu.pci.bus_id", row["pci.bus_id"]))
+
+    @staticmethod
+    def row_values(row):
+        """{metric: value} from an nvidia-smi row's cells."""
+        values = {}
+        for name, key, read in FIELD_READERS:
+            text = row.get(key)
+            value = None if text is None else read(text)
+            if value is not None:
+                values[name] = value
+        return values
 
     def log_event(self, text):
         """Xid, ECC and lost-GPU messages matter to an operator: each logged, at most once a minute."""
@@ -427,21 +1003,27 @@ class Source:
             self.events_said[text] = now
             LOG.warning("nvidia-smi reported: %s", one_line(text, 200))
 
-    def gpu_readings(self, time_ns, row):
-        attributes = (("gpu.index", row["index"]), ("gpu.uuid", row["uuid"]), ("gpu.name", row["name"]),
-                      ("gpu.pci.bus_id", row["pci.bus_id"]))
-        readings = []
-        board_watts = None
-        for name, key, read in FIELD_READERS:
-            text = row.get(key)
-            value = None if text is None else read(text)
-            if value is not None:
-                readings.append((name, value, attributes, 0))
-                if name == ENERGY[1]:
-                    board_watts = value
-        return readings + self.energy_reading(time_ns, row["uuid"], board_watts, attributes)
+    def gpu_readings(self, time_ns, gpu, attributes, values, counter_mj=None):
+        readings = [(name, value, attributes, 0) for name, value in values.items()]
+        if counter_mj is not None:
+            return readings + self.counter_energy(time_ns, gpu, counter_mj, attributes)
+        return readings + self.integrated_energy(time_ns, gpu, values.get(ENERGY[1]), attributes)
 
-    def energy_reading(self, time_ns, gpu, watts, attributes):
+    def counter_energy(self, time_ns, gpu, millijoules, attributes):
+        """The GPU's counter since this series began. A counter that goes back (the driver was
+        reloaded) starts a new series; a MIG GPU is one device here, so its energy is counted once."""
+        series = self.counters.get(gpu)
+        if series is None or millijoules < series[2]:
+            if series is not None:
+                LOG.warning("GPU %s: the energy counter went back (%d -> %d mJ; driver reloaded?): "
+                            "a new gpu.energy series starts", dict(attributes)["gpu.index"], series[2], millijoules)
+            self.counters[gpu] = [millijoules, time_ns, millijoules]
+            return []
+        series[2] = millijoules
+        return [(ENERGY[0], (millijoules - series[0]) / 1000.0, attributes + (("gpu.energy.source", "counter"),),
+                 series[1])]
+
+    def integrated_energy(self, time_ns, gpu, watts, attributes):
         """Trapezoids between consecutive rows of the same GPU; a row without power breaks the chain."""
         previous = self.previous.get(gpu)
         self.previous[gpu] = (time_ns, watts) if watts is not None else None
@@ -455,16 +1037,15 @@ class Source:
         if previous is not None:
             seconds = window_seconds(previous[0], time_ns, self.args.interval)
             counter.add((previous[1] + watts) / 2.0, seconds)
-        return [(ENERGY[0], counter.joules, attributes, counter.start_ns)]
+        return [(ENERGY[0], counter.joules, attributes + (("gpu.energy.source", "integrated"),), counter.start_ns)]
 
     def starts_round(self):
         """True when the last row parsed began a round."""
         return self.round_start
 
-    def host_readings(self, time_ns, row):
-        """RAPL is read once per nvidia-smi round, with its first row. A round begins where the GPU
-        index stops rising, so that a round without GPU 0 (lost, or its row malformed) still has one."""
-        index = int(row["index"])
+    def host_readings(self, time_ns, index):
+        """RAPL is read once per round, with its first row. A round begins where the GPU index stops
+        rising, so that a round without GPU 0 (lost, or its row malformed) still has one."""
         self.round_start = self.previous_index is None or index <= self.previous_index
         self.previous_index = index
         if not self.round_start:
@@ -488,9 +1069,53 @@ class Source:
                 LOG.warning("%s", exc)
         return self.gpu_count
 
+    # ---- --check
+
     def check(self, report, args):
+        if args.backend != "nvidia-smi":
+            try:
+                self.open_nvml()
+                self.name = "NVML"
+                return self.check_nvml(report)
+            except NvmlError as exc:
+                if args.backend == "nvml":
+                    report.fail("NVML (--backend nvml)", f"{exc}; install the NVIDIA driver, pass --nvml-library "
+                                                         f"PATH, or use --backend nvidia-smi")
+                    return False
+                report.warn("NVML", f"not usable ({exc}): using nvidia-smi")
+        self.name = "nvidia-smi"
+        report.ok("backend", "nvidia-smi")
+        return self.check_nvidia_smi(report, args)
+
+    def check_nvml(self, report):
+        nvml = self.nvml
+        nvml.init()
         try:
-            self.locate()
+            report.ok("backend", f"NVML ({nvml.path}, driver {nvml.driver_version() or 'unknown'})")
+            gpus = []
+            for index, handle in nvml.handles():
+                if isinstance(handle, int):
+                    report.fail(f"GPU {index}", nvml.error(handle))
+                    continue
+                gpus.append(NvmlGpu(nvml, index, handle))
+            report.ok("GPUs seen", f"{len(gpus)}: " + "; ".join(gpu.name for gpu in gpus))
+            for gpu in gpus:
+                values = gpu.values()
+                lacks = [name for name, *_rest in NVML_READS if name not in values]
+                energy = "counter" if gpu.has_counter else "integrated power (no energy counter)"
+                detail = f"energy: {energy}; " + (f"no {', '.join(lacks)}" if lacks else "every field")
+                report.ok(f"GPU {gpu.index} fields", detail)
+        except (NvmlError, GpuLost) as exc:
+            report.fail("NVML answers", str(exc))
+            return False
+        finally:
+            nvml.shutdown()
+        self.check_rapl(report)
+        return bool(gpus)
+
+    def check_nvidia_smi(self, report, args):
+        try:
+            self.path = find_nvidia_smi(self.args.nvidia_smi)
         except ConfigError as exc:
             report.fail("nvidia-smi found", str(exc))
             return False
@@ -511,7 +1136,7 @@ class Source:
                                                 "enable it with `nvidia-smi -pm 1` or nvidia-persistenced")
             else:
                 report.ok("persistence mode", "on")
-            self.command(args.interval)
+            self.nvidia_smi_command(args.interval)
         except SourceStartError as exc:
             report.fail("driver answers", str(exc))
             return False
@@ -519,12 +1144,15 @@ class Source:
             report.warn("fields this driver lacks", ", ".join(self.missing))
         else:
             report.ok("fields", "every wanted field is offered")
-        rapl = RaplReader(args.rapl_root)
+        self.check_rapl(report)
+        return True
+
+    def check_rapl(self, report):
+        rapl = RaplReader(self.args.rapl_root)
         if rapl.disabled:
             report.warn("RAPL (host CPU power)", rapl.disabled)
         else:
             report.ok("RAPL (host CPU power)", ", ".join(rapl.zones.values()))
-        return True
 
 
 # ===== BEGIN SHARED CORE: identical in every exporter; edit once, run `make sync` =====
@@ -699,13 +1327,16 @@ def metrics_url(args):
     return url
 
 
+MIN_INTERVAL_S = 0.05  # the source may ask for more (macmon and nvidia-smi: 0.1 s)
+
+
 def interval_value(text):
     try:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
-    if not 0.1 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    if not MIN_INTERVAL_S <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_INTERVAL_S:g} and 3600 seconds")
     return seconds
 
 
@@ -734,7 +1365,7 @@ SHARED_SETTINGS = [
     ("--certificate", "OTEL_EXPORTER_OTLP_CERTIFICATE", None,
      "PEM CA bundle to verify the collector's TLS certificate (TLS is always verified)"),
     ("--exporter", "OTEL_METRICS_EXPORTER", "otlp", "otlp (send), console (print instead) or none"),
-    ("--interval", "TPW_INTERVAL", "5", "seconds between samples, 0.1 to 3600"),
+    ("--interval", "TPW_INTERVAL", "5", "seconds between samples, 0.05 to 3600 (macmon and nvidia-smi: from 0.1)"),
     ("--cluster", "TPW_CLUSTER", DEFAULT_CLUSTER, "value of the `cluster` resource attribute"),
     ("--environment", "TPW_ENVIRONMENT", None,
      "deployment.environment.name (and the older deployment.environment)"),
@@ -2278,6 +2909,7 @@ def format_duration(seconds):
 
 ERROR_LINE = re.compile(r"^(error|failed|unable|field )|has failed|couldn't|not a valid field", re.IGNORECASE)
 STARTUP_GRACE_S = 10.0  # the first line needs start-up time (macmon scans SMC keys) plus one interval
+MIN_SILENCE_S = 2.0     # a source is silent after 3 intervals, never less than this (hiccups at 0.05 s)
 MAX_LINE_BYTES = 1 << 20
 
 
@@ -2295,6 +2927,17 @@ class SourceProcess:
         self.open_fds = [self.out_fd, self.err_fd]
         self.stderr_tail = deque(maxlen=20)
         self.stdout_tail = deque(maxlen=5)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    def description(self):
+        return f"(pid {self.proc.pid}): {' '.join(self.argv)}"
 
     def read(self, timeout, wake_fd):
         """Wait up to timeout for output. Returns (stdout lines as (read ns, text), ended, woken)."""
@@ -2466,7 +3109,7 @@ class Supervisor:
             if self.child is None:
                 continue
             got_line = False
-            silence_s = 3 * self.interval + STARTUP_GRACE_S
+            silence_s = max(3 * self.interval, MIN_SILENCE_S) + STARTUP_GRACE_S
             while not self.stopping.is_set():
                 wait_s = max(0.01, silence_s - (time.monotonic() - self.last_line))
                 lines, ended, woken = self.child.read(wait_s, self.wake_r)
@@ -2476,47 +3119,48 @@ class Supervisor:
                     self.last_line = time.monotonic()
                     if not got_line:
                         got_line = True
-                        silence_s = 3 * self.interval
+                        silence_s = max(3 * self.interval, MIN_SILENCE_S)
                     yield read_ns, line
                     if self.stopping.is_set():
                         break
                 if ended:
                     break
                 if not lines and not woken and time.monotonic() - self.last_line > silence_s:
-                    LOG.warning("%s printed nothing for %.1fs; restarting it", SOURCE_NAME, silence_s)
+                    LOG.warning("%s gave nothing for %.1fs; restarting it", self.source.name, silence_s)
                     break
             self.finish_child(got_line)
 
     def start(self):
         self.source.reset()
-        argv = None
         try:
-            argv = self.source.command(self.interval)
-            self.child = SourceProcess(argv)
+            started = self.source.command(self.interval)
+            # A source read inside this process (NVML) hands back its reader, which reads like a child.
+            self.child = SourceProcess(started) if isinstance(started, list) else started
         except OSError as exc:
             self.child = None
-            LOG.error("cannot start %s (%s): %s", SOURCE_NAME, argv[0] if argv else "?", exc)
+            LOG.error("cannot start %s: %s", self.source.name, exc)
             self.pause()
             return
         if self.started_once:
             self.stats.source_restarted()
         self.started_once = True
         self.last_line = time.monotonic()
-        LOG.info("started %s (pid %d): %s", SOURCE_NAME, self.child.proc.pid, " ".join(argv))
-        self.record.write(self.child.proc.pid, argv[0])
+        LOG.info("started %s %s", self.source.name, self.child.description())
+        if self.child.pid is not None:
+            self.record.write(self.child.pid, self.child.argv[0])
 
     def finish_child(self, got_line):
         self.child.terminate()
         if self.stopping.is_set():
             return
-        code = self.child.proc.returncode
+        code = self.child.returncode
         description = self.child.exit_description()
         if code == 2:
-            raise SourceUsageError(f"{SOURCE_NAME} rejected its arguments ({description}); "
+            raise SourceUsageError(f"{self.source.name} rejected its arguments ({description}); "
                                    f"command was: {' '.join(self.child.argv)}")
         if got_line:
             self.backoff = 1.0
-        LOG.warning("%s stopped (%s); restarting in %.0fs", SOURCE_NAME, description, self.backoff)
+        LOG.warning("%s stopped (%s); restarting in %.0fs", self.source.name, description, self.backoff)
         self.pause()
 
     def pause(self):
@@ -2543,6 +3187,7 @@ class Supervisor:
 
 # ---------------------------------------------------------------- running
 
+DEFAULT_BUFFER_CAP = 100000  # samples (about 60-90 MB): an hour at 0.05 s on 8 GPUs would be 576,000
 SKIPPED_NOTE_S = 60.0  # unparsable source lines: a warning at once, then at most one a minute
 
 
@@ -2570,8 +3215,9 @@ class Exporter:
     """Wires the pieces: supervisor -> source parser -> samples -> buffer -> sender."""
 
     def __init__(self, args, source):
-        if args.buffer_max is None:  # one hour of samples
-            args.buffer_max = max(1, int(3600 / args.interval)) * source.rows_per_interval()
+        if args.buffer_max is None:  # one hour of samples, at most DEFAULT_BUFFER_CAP
+            hour = max(1, int(3600 / args.interval)) * source.rows_per_interval()
+            args.buffer_max = min(hour, DEFAULT_BUFFER_CAP)
         args.batch_max = min(args.batch_max, args.buffer_max)
         self.args = args
         self.source = source
@@ -2646,8 +3292,8 @@ class Exporter:
         now = time.monotonic()
         if self.last_skip_note is None or now - self.last_skip_note >= SKIPPED_NOTE_S:
             more = f" ({self.skipped_since_note} in the last minute)" if self.last_skip_note is not None else ""
-            LOG.warning("skipped an unparsable %s line%s: %s: %s", SOURCE_NAME, more,
-                        one_line(str(why), 120), one_line(line, 120))
+            LOG.warning("skipped an unparsable %s line%s: %s: %s", self.source.name, more,
+                        one_line(str(why), 120), one_line(str(line), 120))
             self.last_skip_note = now
             self.skipped_since_note = 0
 
@@ -2747,7 +3393,7 @@ def export_one_round(args, source):
     exporter = Exporter(args, source)
     samples = read_first_round(exporter, args.interval, max_starts=3)
     if not samples:
-        LOG.error("no sample from %s", SOURCE_NAME)
+        LOG.error("no sample from %s", source.name)
         return EXIT_EXPORT_FAILED
     if args.exporter != "otlp":
         if args.exporter == "console":
@@ -2878,7 +3524,7 @@ def run_check(args, source):
             report.ok("one sample parsed", f"{len(samples)} row{'' if len(samples) == 1 else 's'}, "
                                            f"{count_points(samples)} data points")
         else:
-            report.fail("one sample parsed", f"{SOURCE_NAME} gave no usable line")
+            report.fail("one sample parsed", f"{source.name} gave no usable line")
     if args.exporter == "otlp" and check_collector(args, report):
         if not samples:
             samples = [make_sample(time.time_ns(), exporter.stats.readings(0), exporter.table)[0]]
@@ -2907,7 +3553,10 @@ def main(argv=None):
         args = parser.parse_args(argv)
         if args.list_metrics:
             table = MetricTable(SOURCE_METRICS + Source.extra_metrics() + SELF_METRICS)
-            print(json.dumps(table.as_json(), indent=2))
+            origins = Source.origins()
+            rows = [dict(row, source=origins[row["name"]]) if row["name"] in origins else row
+                    for row in table.as_json()]
+            print(json.dumps(rows, indent=2))
             return EXIT_OK
         args = finish_config(args)
         LOG.set_level(args.log_level)

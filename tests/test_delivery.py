@@ -178,7 +178,7 @@ def test_hanging_collector_delays_no_reading(receiver):
 @pytest.mark.parametrize("fault,expect", [
     ("exit1:3", 'exit 1: Error: "Failed to get memory stats"'),
     ("abort:3", "killed by SIGABRT"),
-    ("hang:3", "printed nothing for 3.0s"),
+    ("hang:3", "gave nothing for 3.0s"),
 ])
 def test_source_failures_are_restarted_and_counted(receiver, tmp_path, fault, expect):
     exporter = start_macmon_exporter(receiver.url, fake_env={

@@ -85,11 +85,13 @@ def test_console_into_a_closed_pipe_ends_quietly():
 
 def test_negative_nvidia_readings_are_left_out(nvsmi_mod):
     import argparse
-    args = argparse.Namespace(interval=1.0, nvidia_smi=None, nvidia_smi_timeout="10", rapl_root="/nonexistent")
+    args = argparse.Namespace(interval=1.0, nvidia_smi=None, nvidia_smi_timeout="10", rapl_root="/nonexistent",
+                              backend="nvidia-smi")
     source = nvsmi_mod.Source(args)
     row = {"index": "0", "uuid": "GPU-1", "name": "X", "pci.bus_id": "0", "power.draw": "-5.00",
            "temperature.gpu": "-1", "memory.used": "-3", "memory.total": "81559", "utilization.gpu": "40"}
-    names = {name for name, *_ in source.gpu_readings(1_000_000_000, row)}
+    readings = source.gpu_readings(1_000_000_000, row["uuid"], source.row_attributes(row), source.row_values(row))
+    names = {name for name, *_ in readings}
     assert "gpu.power.board" not in names and "gpu.temp.core" not in names and "gpu.memory.used" not in names
     assert {"gpu.memory.total", "gpu.utilization.gpu"} <= names
 

@@ -72,7 +72,7 @@ def test_macmon_found_on_path(tmp_path, receiver):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--interval", "0.01"], "between 0.1 and 3600"),
+    (["--interval", "0.01"], "between 0.05 and 3600"),
     (["--interval", "soon"], "not a number"),
     (["--endpoint", "ftp://collector:21"], "not an http:// or https:// URL"),
     (["--endpoint", "http://collector:99999"], "bad port"),

@@ -27,7 +27,8 @@ from rotel_peer import Rotel
 
 def start(endpoint, *extra, **fake_env):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
-    env.update({"FAKE_NVSMI_SPEED": "10", "TPW_RAPL_ROOT": "/nonexistent", "TPW_SELF_REPORT_INTERVAL": "1"})
+    env.update({"FAKE_NVSMI_SPEED": "10", "TPW_RAPL_ROOT": "/nonexistent", "TPW_SELF_REPORT_INTERVAL": "1",
+                "TPW_NVIDIA_BACKEND": "nvidia-smi"})
     env.update(fake_env)
     return ExporterProcess([EXPORTER_PYTHON, NVSMI_EXPORTER, "--nvidia-smi", FAKE_NVSMI, "--interval", "1",
                             "--endpoint", endpoint, *extra], env)
@@ -313,7 +314,7 @@ def test_a_query_that_hangs_is_killed_and_restarted(receiver, tmp_path):
     while time.monotonic() < deadline and len(loops()) < 2:
         time.sleep(0.2)
     assert exporter.stop() == 0
-    assert "nvidia-smi printed nothing for 10.6s; restarting it" in exporter.stderr
+    assert "nvidia-smi gave nothing for 12.0s; restarting it" in exporter.stderr
     assert len(loops()) >= 2
 
 
@@ -335,7 +336,7 @@ def test_a_lost_gpu_0_is_named_and_the_host_and_exporter_series_go_on(receiver, 
 
 def test_a_malformed_gpu_row_is_named(nvsmi_mod):
     import argparse
-    args = argparse.Namespace(interval=1.0, nvidia_smi=FAKE_NVSMI, nvidia_smi_timeout="10", rapl_root="/nonexistent")
+    args = argparse.Namespace(interval=1.0, nvidia_smi=FAKE_NVSMI, nvidia_smi_timeout="10", backend="nvidia-smi", nvml_library="", rapl_root="/nonexistent")
     source = nvsmi_mod.Source(args)
     source.command(1.0)
     with pytest.raises(ValueError, match="GPU 3's row: expected"):
