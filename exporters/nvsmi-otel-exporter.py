@@ -381,7 +381,7 @@ class Nvml:
         except OSError as exc:
             raise NvmlError(f"cannot load {path} ({one_line(str(exc), 160)})", 12)
         self.functions = {}
-        self.busy = None  # (call, GPU index, since monotonic) while a reader thread is inside a call
+        self.busy = {}  # thread id -> (call, GPU index, since monotonic) while that thread is inside a call
 
     def function(self, name):
         if name not in self.functions:
@@ -511,6 +511,15 @@ class NvmlGpu:
                               self.nvml.ct.byref(pending))
         return code == NVML_SUCCESS and current.value == 1
 
+    def timed_call(self, call, *args):
+        """A call on this GPU, marked as running so that a call that never returns can be named."""
+        me = threading.get_ident()
+        self.nvml.busy[me] = (call, self.index, time.monotonic())
+        try:
+            return self.nvml.call(call, self.handle, *args)
+        finally:
+            self.nvml.busy.pop(me, None)
+
     def checked(self, call, code):
         """True on success; raises on a lost GPU or a gone library; False for no reading."""
         if code == NVML_SUCCESS:
@@ -527,9 +536,7 @@ class NvmlGpu:
         if key in self.unsupported:
             return None
         value = ctype()
-        self.nvml.busy = (call, self.index, time.monotonic())
-        code = self.nvml.call(call, self.handle, *args, self.nvml.ct.byref(value))
-        self.nvml.busy = None
+        code = self.timed_call(call, *args, self.nvml.ct.byref(value))
         if self.checked(call, code):
             return value.value
         if code in NVML_NO_READING:
@@ -547,11 +554,10 @@ class NvmlGpu:
         ct = self.nvml.ct
         kind, fields = self.STRUCTS[call]
         if call not in self.struct_types:
-            self.struct_types[call] = type(call, (ct.Structure,), {"_fields_": [(f, getattr(ct, kind)) for f in fields]})
+            members = [(field, getattr(ct, kind)) for field in fields]
+            self.struct_types[call] = type(call, (ct.Structure,), {"_fields_": members})
         value = self.struct_types[call]()
-        self.nvml.busy = (call, self.index, time.monotonic())
-        code = self.nvml.call(call, self.handle, ct.byref(value))
-        self.nvml.busy = None
+        code = self.timed_call(call, ct.byref(value))
         if self.checked(call, code):
             return {name: getattr(value, name) for name in fields}
         if code in NVML_NO_READING:
@@ -564,9 +570,7 @@ class NvmlGpu:
         if not wanted or ("nvmlDeviceGetFieldValues", ()) in self.unsupported:
             return {}
         values = NvmlFieldValue.array(self.nvml.ct, wanted)
-        self.nvml.busy = ("nvmlDeviceGetFieldValues", self.index, time.monotonic())
-        code = self.nvml.call("nvmlDeviceGetFieldValues", self.handle, len(wanted), values)
-        self.nvml.busy = None
+        code = self.timed_call("nvmlDeviceGetFieldValues", len(wanted), values)
         if not self.checked("nvmlDeviceGetFieldValues", code):
             if code in NVML_NO_READING:
                 self.unsupported.add(("nvmlDeviceGetFieldValues", ()))
@@ -673,14 +677,16 @@ class NvmlReader:
     def terminate(self):
         self.stopping.set()
         self.thread.join(1.0)
-        if not self.thread.is_alive():  # a thread stuck in a call keeps its pipe: it may still write
+        if not self.thread.is_alive() and self.ready is not None:
+            # A thread stuck in a call keeps its pipe: it may still write to it when the call returns.
             os.close(self.ready)
             os.close(self.signal)
+            self.ready = self.signal = None
         return None
 
     def stuck_in(self):
         """(call, GPU index, seconds) while the thread is inside a call, else None."""
-        busy = self.nvml.busy
+        busy = self.nvml.busy.get(self.thread.ident)
         if busy is None or not self.thread.is_alive():
             return None
         return busy[0], busy[1], time.monotonic() - busy[2]

@@ -336,7 +336,8 @@ def test_a_lost_gpu_0_is_named_and_the_host_and_exporter_series_go_on(receiver, 
 
 def test_a_malformed_gpu_row_is_named(nvsmi_mod):
     import argparse
-    args = argparse.Namespace(interval=1.0, nvidia_smi=FAKE_NVSMI, nvidia_smi_timeout="10", backend="nvidia-smi", nvml_library="", rapl_root="/nonexistent")
+    args = argparse.Namespace(interval=1.0, nvidia_smi=FAKE_NVSMI, nvidia_smi_timeout="10",
+        backend="nvidia-smi", nvml_library="", rapl_root="/nonexistent")
     source = nvsmi_mod.Source(args)
     source.command(1.0)
     with pytest.raises(ValueError, match="GPU 3's row: expected"):

@@ -12,7 +12,8 @@ def make_source(mod, profile="r535-v100x8", tmp_path=None, interval=1.0, **env):
     os.environ["FAKE_NVSMI_PROFILE"] = profile
     for key, value in env.items():
         os.environ[key] = value
-    args = argparse.Namespace(interval=interval, nvidia_smi=FAKE_NVSMI, nvidia_smi_timeout="10", backend="nvidia-smi", nvml_library="",
+    args = argparse.Namespace(interval=interval, nvidia_smi=FAKE_NVSMI, nvidia_smi_timeout="10",
+        backend="nvidia-smi", nvml_library="",
                               rapl_root=str(tmp_path or "/nonexistent"))
     source = mod.Source(args)
     source.command_argv = source.command(interval)

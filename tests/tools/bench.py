@@ -180,7 +180,8 @@ def buffered_row_bytes(kind, rows=5760):
         lines = open(os.path.join(ROOT, "tests", "fixtures", "macmon", "v0.8.2.jsonl")).read().splitlines()
     else:
         os.environ.update({k: v for k, v in env.items() if k.startswith("FAKE_")})
-        source = mod.Source(argparse.Namespace(interval=5.0, nvidia_smi=spec["fake"], nvidia_smi_timeout="20", backend="nvidia-smi", nvml_library="",
+        source = mod.Source(argparse.Namespace(interval=5.0, nvidia_smi=spec["fake"], nvidia_smi_timeout="20",
+        backend="nvidia-smi", nvml_library="",
                                                rapl_root="/nonexistent"))
         argv = source.command(5.0)
         lines = subprocess.run(argv[:3], env=env, capture_output=True, text=True, timeout=30).stdout.splitlines()

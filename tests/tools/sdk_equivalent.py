@@ -75,7 +75,8 @@ def main():
         argv = [args.binary, "-i", str(int(args.interval * 1000)), "pipe"]
     else:
         source = mod.Source(argparse.Namespace(interval=args.interval, nvidia_smi=args.binary,
-                                               nvidia_smi_timeout="20", backend="nvidia-smi", nvml_library="", rapl_root="/nonexistent"))
+                                               nvidia_smi_timeout="20",
+        backend="nvidia-smi", nvml_library="", rapl_root="/nonexistent"))
         argv = source.command(args.interval)
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     running = True
