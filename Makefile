@@ -90,5 +90,5 @@ test-py39: $(STAMP) ## the end-to-end tests again with the exporters on Python 3
 	if [ -z "$$py39" ]; then echo "test-py39: no Python 3.9 on this machine; skipped"; exit 0; fi; \
 	echo "exporters on $$py39"; \
 	TPW_TEST_PYTHON=$$py39 $(VPY) -m pytest -q -n $(PY39_WORKERS) -m "not slow" tests/test_macmon_cli.py \
-	  tests/test_nvsmi_e2e.py tests/test_rotel_e2e.py tests/test_shared_core.py \
+	  tests/test_nvsmi_e2e.py tests/test_nvml.py tests/test_rotel_e2e.py tests/test_shared_core.py \
 	  tests/test_delivery.py -k "not retry_after and not source_failures and not buffer_overflow and not 413"

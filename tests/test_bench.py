@@ -6,7 +6,7 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import TOOLS
+from conftest import TOOLS, need_peer
 from otlp_receiver import Receiver
 
 
@@ -32,6 +32,7 @@ def test_a_tiny_bench_run_writes_every_field(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, os.path.join(TOOLS, "bench.py"), "--only", "nvsmi", "--only", "macmon",
                            "--samples", "48", "--runs", "1", "--idle-seconds", "2", "--outage-seconds", "2",
+                           "--backend-seconds", "2",
                            "--out", str(out)],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a target missed, which a tiny run may
@@ -50,6 +51,13 @@ def test_a_tiny_bench_run_writes_every_field(tmp_path):
     assert row["rows"] == 5760 and 100 < row["bytes_per_row"] < 20000 and row["readings_per_row"] >= 10
     outage = results["outage"]
     assert outage["steady_rss_mb"] > 5 and outage["outage_rss_mb"] > 5 and outage["written_mb"] >= 0
+    backends = results["nvidia_backends"]
+    if "skipped" in backends:
+        need_peer("cc", "gcc libc6-dev")
+    assert set(backends) == {"nvidia-smi@0.1s", "nvml@0.1s", "nvml@0.05s", "nvidia-smi@5s", "nvml@5s"}
+    assert backends["nvml@0.1s"]["child_processes"] == 0 and backends["nvidia-smi@0.1s"]["child_processes"] == 1
+    assert backends["nvml@0.05s"]["rounds"] > backends["nvml@0.1s"]["rounds"]
+    assert backends["nvml@0.1s"]["peak_rss_mb"] > 5
     assert "ratio" in done.stdout and ("all targets met" in done.stdout or "TARGET MISSED" in done.stdout)
 
 

@@ -43,7 +43,7 @@ EXPORTERS = {
     "nvsmi": dict(script=os.path.join(ROOT, "exporters", "nvsmi-otel-exporter.py"),
                   fake=os.path.join(HERE, "fake-nvidia-smi"), flag="--nvidia-smi", series="gpu.power.board",
                   log_var="FAKE_NVSMI_LOG", env={"FAKE_NVSMI_SPEED": "25", "FAKE_NVSMI_PROFILE": "r535-v100x8",
-                                                 "TPW_RAPL_ROOT": "/nonexistent"},
+                                                 "TPW_RAPL_ROOT": "/nonexistent", "TPW_NVIDIA_BACKEND": "nvidia-smi"},
                   samples=6000),  # rows (one per GPU and round): 30 s a run at 25 rounds of 8 GPUs a second
 }
 
@@ -181,8 +181,7 @@ def buffered_row_bytes(kind, rows=5760):
     else:
         os.environ.update({k: v for k, v in env.items() if k.startswith("FAKE_")})
         source = mod.Source(argparse.Namespace(interval=5.0, nvidia_smi=spec["fake"], nvidia_smi_timeout="20",
-        backend="nvidia-smi", nvml_library="",
-                                               rapl_root="/nonexistent"))
+                                               backend="nvidia-smi", nvml_library="", rapl_root="/nonexistent"))
         argv = source.command(5.0)
         lines = subprocess.run(argv[:3], env=env, capture_output=True, text=True, timeout=30).stdout.splitlines()
     table = mod.MetricTable(mod.SOURCE_METRICS + source.extra_metrics() + mod.SELF_METRICS)
@@ -241,6 +240,56 @@ def outage(seconds, tmp):
             "written_mb": written / 2 ** 20}
 
 
+def backend_cost(backend, interval, seconds, tmp, library):
+    """The NVIDIA exporter on 8 GPUs in real time with one backend: CPU per round of the exporter
+    and its source child together, and their peak RSS added up."""
+    spec = EXPORTERS["nvsmi"]
+    receiver = Receiver(keep=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TPW_", "FAKE_"))}
+    env.update({"FAKE_NVSMI_PROFILE": "r535-v100x8", "FAKE_NVML_PROFILE": library[1],
+                "TPW_RAPL_ROOT": "/nonexistent"})
+    proc = subprocess.Popen([sys.executable, spec["script"], "--backend", backend, "--nvml-library", library[0],
+                             "--nvidia-smi", spec["fake"], "--interval", str(interval), "--endpoint", receiver.url,
+                             "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and receiver.count(spec["series"]) < 8 * 10:
+        time.sleep(0.05)
+    time.sleep(2)
+
+    def totals():
+        pids = [proc.pid] + children_of(proc.pid)
+        return sum(process_cpu_s(pid) for pid in pids), receiver.count(spec["series"]) / 8
+
+    cpu0, rounds0 = totals()
+    time.sleep(seconds)
+    cpu1, rounds1 = totals()
+    rss = sum(peak_rss_mb(pid) for pid in [proc.pid] + children_of(proc.pid))
+    children = len(children_of(proc.pid))
+    proc.terminate()
+    proc.wait(30)
+    receiver.stop()
+    rounds = max(1.0, rounds1 - rounds0)
+    return {"backend": backend, "interval_s": interval, "rounds": rounds,
+            "cpu_ms_per_round": 1000 * (cpu1 - cpu0) / rounds, "cpu_percent": 100 * (cpu1 - cpu0) / seconds,
+            "peak_rss_mb": rss, "child_processes": children}
+
+
+def backends(seconds, idle_seconds, runs, tmp):
+    """NVML (the C stand-in library) against the nvidia-smi child (the Python stand-in), 8 GPUs."""
+    import nvml_standin
+    if nvml_standin.compiler() is None:
+        return {"skipped": "no C compiler for the stand-in NVML library"}
+    library = (nvml_standin.build(os.path.join(tmp, "nvml")), os.path.join(tmp, "nvml", "v100x8.profile"))
+    nvml_standin.write_profile(library[1], "r535-v100x8")
+    out = {}
+    for backend, interval in (("nvidia-smi", 0.1), ("nvml", 0.1), ("nvml", 0.05), ("nvidia-smi", 5.0), ("nvml", 5.0)):
+        window = seconds if interval < 1 else idle_seconds
+        measured = [backend_cost(backend, interval, window, tmp, library) for _ in range(runs if interval < 1 else 1)]
+        out[f"{backend}@{interval:g}s"] = {key: statistics.median(m[key] for m in measured)
+                                          for key in measured[0] if key != "backend"}
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int,
@@ -250,6 +299,8 @@ def main():
     parser.add_argument("--idle-seconds", type=int, default=40, help="real-time window for the 5 s interval check")
     parser.add_argument("--outage-seconds", type=int, default=40,
                         help="how long the collector is gone in the outage run (40: the default hour of rows)")
+    parser.add_argument("--backend-seconds", type=int, default=15,
+                        help="real-time window of each NVML / nvidia-smi run (--idle-seconds at the 5 s interval)")
     parser.add_argument("--only", choices=sorted(EXPORTERS), action="append",
                         help="bench only this exporter (repeatable; default: all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results", "bench.json"))
@@ -272,6 +323,8 @@ def main():
         results["at_5s_interval"] = {kind: idle_cpu_percent(kind, args.idle_seconds) for kind in args.only or EXPORTERS}
         results["buffered_row"] = {kind: buffered_row_bytes(kind) for kind in args.only or EXPORTERS}
         results["outage"] = outage(args.outage_seconds, tmp)
+        if "nvsmi" in (args.only or EXPORTERS):
+            results["nvidia_backends"] = backends(args.backend_seconds, args.idle_seconds, args.runs, tmp)
     print_table(results)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
@@ -298,6 +351,11 @@ def print_table(results):
               f"its source {idle['source_cpu_percent']:.4f} %")
     for kind, row in results["buffered_row"].items():
         print(f"{kind}: a buffered row costs {row['bytes_per_row']:.0f} bytes ({row['readings_per_row']} readings)")
+    for name, b in results.get("nvidia_backends", {}).items():
+        if isinstance(b, dict):
+            print(f"8 GPUs, {name:16}: {b['cpu_ms_per_round']:7.3f} ms CPU per round "
+                  f"({b['cpu_percent']:.3f} % of a core), peak RSS {b['peak_rss_mb']:.1f} MB, "
+                  f"{b['child_processes']:.0f} child process(es)")
     o = results["outage"]
     print(f"outage ({o['seconds']} s, 8 GPUs at 5 s, spool on): RSS {o['steady_rss_mb']:.1f} -> "
           f"{o['outage_rss_mb']:.1f} MB (+{o['growth_mb']:.1f}); spool {o['spool_mb']:.1f} MB, "

@@ -4,10 +4,12 @@
 #   tests/tools/install-test-peers.sh          # make test runs it; .ci/run too
 #
 # Each peer is a Debian package: sshd (the deploy and collector tests log in over a real sshd on
-# 127.0.0.1), systemd-analyze (the units are verified by it), prometheus (the Grafana
-# dashboard's PromQL runs on it) and chromium (tpw-ab's HTML report is opened in it), tinyproxy (the exporters reach a collector through a real HTTP proxy). As root with apt-get, what is
-# missing is installed; otherwise one line names what to install and the tests that need it skip
-# (TPW_REQUIRE_PEERS=1, as .ci/run sets it, turns those skips into failures).
+# 127.0.0.1), systemd-analyze (the units are verified by it), prometheus (the Grafana dashboard's
+# PromQL runs on it), chromium (tpw-ab's HTML report is opened in it), tinyproxy (the exporters
+# reach a collector through a real HTTP proxy), a C compiler and the libc headers (the tests
+# compile the stand-in libnvidia-ml.so.1). As root with apt-get, what is missing is installed;
+# otherwise one line names what to install and the tests that need it skip (TPW_REQUIRE_PEERS=1,
+# as .ci/run sets it, turns those skips into failures).
 set -euo pipefail
 
 say() { printf 'test-peers: %s\n' "$*"; }
@@ -21,9 +23,13 @@ PEERS=(
   "prometheus:prometheus"
   "chromium:chromium"
   "tinyproxy:tinyproxy"
+  "cc:gcc"
+  "/usr/include/stdio.h:libc6-dev"
 )
 
+# a command on PATH or in /usr/sbin, or a file given by its absolute path
 have() {
+  [[ $1 == /* ]] && { [[ -e $1 ]]; return; }
   command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]
 }
 
