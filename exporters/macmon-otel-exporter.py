@@ -1678,6 +1678,9 @@ def without_credentials(proxy):
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+TIMEOUT_SLACK_S = 0.05
+
+
 class OtlpHttpClient:
     """POSTs OTLP/JSON bodies over one kept-alive HTTP/1.1 connection, reconnecting when it breaks.
 
@@ -1812,10 +1815,15 @@ class OtlpHttpClient:
         return left
 
     def set_timeout(self):
-        timeout = self.time_left()
-        if timeout != self.sock_timeout:
-            self.sock.settimeout(timeout)
-            self.sock_timeout = timeout
+        """Bound the next socket wait by the request's deadline. Each settimeout() is a system call,
+        so within one request the socket keeps its timeout while that ends at most TIMEOUT_SLACK_S
+        past the deadline. A timeout shorter than the time left (a new request on a kept-alive
+        connection) is always replaced: it would give up before the deadline."""
+        left = self.time_left()
+        timeout = self.sock_timeout
+        if timeout is None or timeout < left or timeout - left > TIMEOUT_SLACK_S:
+            self.sock.settimeout(left)
+            self.sock_timeout = left
 
     def attempt(self, data, timeout):
         self.deadline = time.monotonic() + timeout

@@ -201,3 +201,26 @@ def test_the_timeout_bounds_the_whole_request_not_each_read(macmon_mod):
     finally:
         client.close()
         server.close()
+
+
+def test_a_slow_answer_leaves_the_next_request_its_whole_timeout(macmon_mod):
+    """The socket keeps its timeout between reads of one request; the next request on the same
+    kept-alive connection must get a fresh one, not what the last request had left (0.4 s here)."""
+    def script(conn, n):
+        if n == 1:  # the second read of this answer starts 0.6 s into the request
+            time.sleep(0.6)
+            conn.sendall(OK[:10])
+            time.sleep(0.05)
+            conn.sendall(OK[10:])
+        else:
+            time.sleep(0.7)
+            conn.sendall(OK)
+    server, thread, count = serve_script(script)
+    client = client_for(macmon_mod, server, timeout_s=1.0)
+    try:
+        assert client.post("{}").kind == "ok"
+        second = client.post("{}")
+        assert (second.kind, second.http_status) == ("ok", 200) and count[0] == 2
+    finally:
+        client.close()
+        server.close()
