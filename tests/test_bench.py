@@ -47,6 +47,7 @@ def test_a_tiny_bench_run_writes_every_field(tmp_path):
     assert set(nvsmi["ratio"]) >= {"cpu_ms_per_sample", "peak_rss_mb", "bytes_per_sample", "first_export_s"}
     idle = results["at_5s_interval"]["nvsmi"]
     assert idle["exporter_cpu_percent"] >= 0 and idle["source_cpu_percent"] >= 0
+    assert idle["real_source_cpu_percent"] == 0.0462  # the H200's nvidia-smi, from its capture
     row = results["buffered_row"]["nvsmi"]
     assert row["rows"] == 5760 and 100 < row["bytes_per_row"] < 20000 and row["readings_per_row"] >= 10
     outage = results["outage"]
@@ -83,3 +84,19 @@ def test_a_request_the_receiver_could_not_acknowledge_is_not_counted(monkeypatch
         assert receiver.series("a") == []
     finally:
         receiver.stop()
+
+
+def test_targets_judge_the_exporter_at_5s_against_the_real_source(capsys):
+    """The stand-ins cost less than the tools they imitate: the 5 s target reads the real tools' cost."""
+    sys.path.insert(0, TOOLS)
+    import bench
+    ok = {"cpu_ms_per_sample": 0.2}
+    exporter = {"cpu_ms_per_sample": 0.05, "peak_rss_mb": 19.0, "source_starts_after_first_sample": 0}
+    results = {"exporters": {"macmon": {"ratio": ok, "exporter": exporter}},
+               "at_5s_interval": {"macmon": {"exporter_cpu_percent": 0.02, "source_cpu_percent": 0.006,
+                                             "real_source_cpu_percent": bench.real_source_cpu_percent("macmon")}},
+               "outage": {"growth_mb": 1.0, "spool_mb": 1.0, "written_mb": 1.0}}
+    assert bench.check_targets(results) == 0, capsys.readouterr().out
+    results["at_5s_interval"]["macmon"]["exporter_cpu_percent"] = 0.3
+    assert bench.check_targets(results) == 1
+    assert "macmon at 5 s" in capsys.readouterr().out

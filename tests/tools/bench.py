@@ -161,6 +161,7 @@ def idle_cpu_percent(kind, seconds):
     receiver.stop()
     return {"exporter_cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0),
             "source_cpu_percent": 100 * (child1 - child0) / (t1 - t0),
+            "real_source_cpu_percent": real_source_cpu_percent(kind),
             "samples": receiver.count(spec["series"])}
 
 
@@ -348,7 +349,8 @@ def print_table(results):
               f"{ratio['bytes_per_sample']:13.2f} {ratio['first_export_s']:15.2f}")
     for kind, idle in results["at_5s_interval"].items():
         print(f"{kind} at the default 5 s interval: exporter {idle['exporter_cpu_percent']:.4f} % of one core, "
-              f"its source {idle['source_cpu_percent']:.4f} %")
+              f"its stand-in source {idle['source_cpu_percent']:.4f} %, the real source "
+              f"{idle['real_source_cpu_percent']:.4f} %")
     for kind, row in results["buffered_row"].items():
         print(f"{kind}: a buffered row costs {row['bytes_per_row']:.0f} bytes ({row['readings_per_row']} readings)")
     for name, b in results.get("nvidia_backends", {}).items():
@@ -360,6 +362,26 @@ def print_table(results):
     print(f"outage ({o['seconds']} s, 8 GPUs at 5 s, spool on): RSS {o['steady_rss_mb']:.1f} -> "
           f"{o['outage_rss_mb']:.1f} MB (+{o['growth_mb']:.1f}); spool {o['spool_mb']:.1f} MB, "
           f"{o['written_mb']:.1f} MB written")
+
+
+# What the real sources cost at the default 5 s interval, % of one core. The stand-ins are Python
+# scripts that sleep between lines and cost far less than the tools they imitate, so the target
+# "the exporter below its source" is judged against the real tools:
+#   macmon: its maintainer gives 1-1.5 % of a core at its 1 s interval, for the work of one sample
+#     (https://github.com/vladkens/macmon/issues/3); at 5 s that is 0.2 % (the lower figure, / 5).
+#   nvidia-smi: measured on a real H200 at 5 s, one GPU (the lower of the two runs kept in
+#     tests/fixtures/nvidia-smi/captures/linux-x86_64__nvidia-h200__580.159.04/cost.json); with 8
+#     GPUs it only costs more, so the target is stricter than the machine the bench models.
+H200_COST = os.path.join(ROOT, "tests", "fixtures", "nvidia-smi", "captures",
+                         "linux-x86_64__nvidia-h200__580.159.04", "cost.json")
+
+
+def real_source_cpu_percent(kind):
+    if kind == "macmon":
+        return 1.0 / 5
+    with open(H200_COST) as fh:
+        runs = [run for run in json.load(fh).values() if isinstance(run, dict)]
+    return min(run["nvidia_smi_child_cpu_percent"] for run in runs)
 
 
 def check_targets(results):
@@ -375,9 +397,9 @@ def check_targets(results):
         if m["exporter"]["source_starts_after_first_sample"]:
             misses.append(f"{kind}: source processes started after the first sample")
     for kind, idle in results["at_5s_interval"].items():
-        if idle["exporter_cpu_percent"] >= idle["source_cpu_percent"]:
-            misses.append(f"{kind} at 5 s: the exporter used {idle['exporter_cpu_percent']:.4f} % of a core, its "
-                          f"source {idle['source_cpu_percent']:.4f} % (target: less than the source)")
+        if idle["exporter_cpu_percent"] >= idle["real_source_cpu_percent"]:
+            misses.append(f"{kind} at 5 s: the exporter used {idle['exporter_cpu_percent']:.4f} % of a core, the "
+                          f"real source {idle['real_source_cpu_percent']:.4f} % (target: less than the source)")
     o = results["outage"]
     if o["growth_mb"] > 10:
         misses.append(f"outage: {o['growth_mb']:.1f} MB above steady state (target 10 MB)")
