@@ -330,6 +330,10 @@ class EnergyReader(threading.Thread):
         self.join(self.interval + 6)
         self.read_once()
 
+    def has_series(self, cluster, boundary):
+        with self.lock:
+            return any(wanted(k[0], k[1], cluster, boundary) for k in self.samples)
+
     def joules(self, cluster, boundary, start, end):
         """(joules over [start, end], uncertainty in J, series used) by interpolating each
         series at the edges; a counter that went back (an exporter restart) counts from zero."""
@@ -481,14 +485,20 @@ def idle_baseline(reader, clusters, seconds):
     start = time.time()
     time.sleep(seconds)
     end = time.time()
-    reader.read_once()  # a sample after the end, to interpolate the edge
-    idle = {}
-    for cluster in clusters:
-        for boundary in BOUNDARIES.get(cluster, {}):
+    wanted_pairs = [(c, b) for c in clusters for b in BOUNDARIES.get(c, {}) if reader.has_series(c, b)]
+    # A sample after the end is needed to interpolate the edge; on a loaded machine one read may fail
+    # or come back stamped before the end, so read again (bounded) until every boundary has one.
+    deadline = time.monotonic() + max(5.0, 3 * reader.interval)
+    while True:
+        reader.read_once()
+        idle = {}
+        for cluster, boundary in wanted_pairs:
             joules, _spread, _used = reader.joules(cluster, boundary, start, end)
             if joules is not None:
                 idle[(cluster, boundary)] = joules / (end - start)
-    return idle
+        if len(idle) == len(wanted_pairs) or time.monotonic() >= deadline:
+            return idle
+        time.sleep(0.05)
 
 
 def say(text):
