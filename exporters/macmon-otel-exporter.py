@@ -866,13 +866,6 @@ class MetricTable:
             return head + '"sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":['
         return head + '"gauge":{"dataPoints":['
 
-    def plausible(self, name, value):
-        """A value of a known series, a number within what its unit can be (and int64 for an int)."""
-        limit = self.limits.get(name)
-        if limit is None or not finite(value):
-            return False
-        return -limit <= value <= limit
-
 
 LAYOUTS = {}  # every distinct sample shape, once: the buffer's samples share them
 
@@ -902,7 +895,8 @@ def make_sample(time_ns, readings, table, resource=None):
     keys, values = [], []
     limits = table.limits
     for name, value, attributes, start in readings:
-        # table.plausible(), inlined: this runs for every reading of every sample.
+        # Plausible: a known series, a finite number (finite(), inlined: this runs for every
+        # reading of every sample) within what its unit can be (and int64 for an int).
         limit = limits.get(name)
         if limit is not None and type(value) in (int, float) and value - value == 0 and -limit <= value <= limit:
             keys.append((name, attributes, start))

@@ -337,3 +337,27 @@ def test_an_energy_endpoint_that_disappears_mid_run_is_noted_and_the_run_finishe
     assert any("energy endpoint failed" in note for note in run["notes"])
     assert len(run["results"]) == 2 and all(r["failed"] == 0 for r in run["results"])
     assert all(not r["energy"] and r["energy_missing"] for r in run["results"])
+
+
+def test_the_idle_baseline_reads_again_when_the_read_after_its_window_fails(ab):
+    """The baseline needs a sample after its window's end; a loaded machine can lose that one read.
+    The reader's background thread is not started, so only idle_baseline's own reads count."""
+    energy = EnergyStandin()
+    try:
+        reader = ab.EnergyReader(energy.url, 0.2)
+        assert reader.read_once()  # as the run does before the baseline: a sample before the window
+        real_read, calls = reader.read_once, []
+
+        def first_read_lost():
+            calls.append(time.time())
+            return False if len(calls) == 1 else real_read()
+
+        reader.read_once = first_read_lost
+        idle = ab.idle_baseline(reader, {"mac-exo", "nvidia"}, 0.3)
+        assert len(calls) >= 2
+        words = {(cluster, ab.BOUNDARY_WORDS[boundary]): watts for (cluster, boundary), watts in idle.items()}
+        assert set(words) == set(WATTS)
+        for key, watts in words.items():
+            assert watts == pytest.approx(WATTS[key], rel=0.01), key
+    finally:
+        energy.stop()
