@@ -87,7 +87,8 @@ def test_plists_parse_with_required_keys_and_no_secret(path):
         # an address and a folder, not a secret
         assert set(plist["EnvironmentVariables"]) == {"TPW_GATEWAY_ENDPOINT", "TPW_AGENT_QUEUE_DIR"}
     else:
-        assert plist["ProgramArguments"][2] == "--env-file"
+        assert plist["ProgramArguments"][1:4] == ["-m", "__MODULE__", "--env-file"]
+        assert plist["WorkingDirectory"] == "__APP_DIR__"  # where -m finds the module
         assert "EnvironmentVariables" not in plist  # settings and tokens live in the 0600 env file
     assert "__LOG_DIR__" in plist["StandardErrorPath"]
     if "daemon" in path or agent:
@@ -121,8 +122,9 @@ def test_mac_agent_deploy_is_idempotent_and_undeploy_removes_everything(lab):
     assert (lab.remote_root / "root/Library/Logs/tokens-per-watt").is_dir()
     with open(lab.remote_root / f"root/Library/LaunchAgents/{LABEL}.plist", "rb") as fh:
         plist = plistlib.load(fh)
-    assert plist["ProgramArguments"][0] == "/usr/bin/python3"
-    assert all(os.path.isabs(a) for a in plist["ProgramArguments"] if not a.startswith("-"))
+    assert plist["ProgramArguments"][:3] == ["/usr/bin/python3", "-m", "macmon_otel_exporter"]
+    assert os.path.isabs(plist["ProgramArguments"][4]) and plist["WorkingDirectory"] == str(lab.remote_root / app)
+    assert os.readlink(lab.remote_root / app / "macmon_otel_exporter.py") == "macmon-otel-exporter.py"
     assert plist["StandardErrorPath"].endswith("root/Library/Logs/tokens-per-watt/macmon-exporter.log")
     env_text = (lab.remote_root / app / "exporter.env").read_text()
     assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318" in env_text and "TPW_ENVIRONMENT=lab" in env_text
@@ -158,8 +160,8 @@ def test_mac_daemon_runs_as_the_user_in_the_system_domain(lab):
     assert result.returncode == 0, result.stdout + result.stderr
     with open(lab.remote_root / f"Library/LaunchDaemons/{LABEL}.plist", "rb") as fh:
         plist = plistlib.load(fh)
-    assert plist["UserName"] == "root" and plist["ProgramArguments"][1].endswith("/usr/local/lib/tokens-per-watt/"
-                                                                                 "macmon-otel-exporter.py")
+    assert plist["UserName"] == "root" and plist["ProgramArguments"][2] == "macmon_otel_exporter"
+    assert plist["WorkingDirectory"] == f"{lab.remote_root}/usr/local/lib/tokens-per-watt"
     assert f"launchctl bootstrap system {lab.remote_root}/Library/LaunchDaemons/{LABEL}.plist" in lab.calls()
     assert "TPW_ENVIRONMENT" not in (lab.remote_root / "usr/local/lib/tokens-per-watt/exporter.env").read_text()
 
@@ -212,7 +214,8 @@ def test_linux_deploy_status_and_undeploy(lab):
     assert files["etc/tokens-per-watt/nvsmi-otel-exporter.env"] == 0o600
     assert files["etc/systemd/system/nvsmi-otel-exporter.service"] == 0o644
     unit = (lab.remote_root / "etc/systemd/system/nvsmi-otel-exporter.service").read_text()
-    assert f"ExecStart=/usr/bin/python3 {lab.remote_root}/opt/tokens-per-watt/nvsmi-otel-exporter.py" in unit
+    assert "ExecStart=/usr/bin/python3 -m nvsmi_otel_exporter\n" in unit
+    assert f"WorkingDirectory={lab.remote_root}/opt/tokens-per-watt\n" in unit
     assert changing(lab.calls()) == ["systemctl daemon-reload", "systemctl enable nvsmi-otel-exporter.service",
                                      "systemctl restart nvsmi-otel-exporter.service"]
 
@@ -234,6 +237,33 @@ def test_linux_deploy_status_and_undeploy(lab):
                                      "systemctl daemon-reload", "systemctl reset-failed nvsmi-otel-exporter.service"]
     assert lab.files() == {}
     assert not any(p.is_dir() for p in (lab.remote_root / "etc").rglob("*") if "tokens-per-watt" in p.name)
+
+
+def test_the_service_runs_the_exporter_from_the_bytecode_deploy_compiled(lab):
+    """The unit's own command, run as systemd would (its WorkingDirectory), imports the exporter
+    from the cache deploy compiled; an installed file edited by hand is never run from a stale cache."""
+    assert lab.make("deploy", "gpu").returncode == 0
+    unit = (lab.remote_root / "etc/systemd/system/nvsmi-otel-exporter.service").read_text()
+    cwd = re.search(r"^WorkingDirectory=(.*)$", unit, re.M).group(1)
+    python, *args = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1).split()
+
+    def service(*extra):
+        return subprocess.run([python, "-v", *args, *extra], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+    first = service("--version")
+    assert first.returncode == 0 and first.stdout.strip() == "nvsmi-otel-exporter 0.1.0", first.stderr[-2000:]
+    cache = re.search(r"code object from '?(\S+?)'?$", [line for line in first.stderr.splitlines()
+                                                      if "nvsmi_otel_exporter" in line and "code object" in line][0])
+    assert "__pycache__" in cache.group(1) and cache.group(1).endswith(".pyc"), first.stderr[-2000:]
+
+    installed = lab.remote_root / "opt/tokens-per-watt/nvsmi-otel-exporter.py"
+    installed.write_text(installed.read_text().replace('__version__ = "0.1.0"', '__version__ = "0.1.0+edited"'))
+    edited = service("--version")
+    assert edited.stdout.strip() == "nvsmi-otel-exporter 0.1.0+edited", edited.stderr[-2000:]
+
+    # the next deploy puts the real exporter back and compiles it again
+    assert lab.make("deploy", "gpu").returncode == 0
+    assert service("--version").stdout.strip() == "nvsmi-otel-exporter 0.1.0"
 
 
 def test_dry_run_changes_nothing(lab):
