@@ -365,8 +365,8 @@ def main():
     parser.add_argument("--only", choices=sorted(EXPORTERS), action="append",
                         help="bench only this exporter (repeatable; default: all)")
     parser.add_argument("--pythons", default="3.9 3.10 3.11 3.12 3.13",
-                        help="the python3.N to measure peak RSS under, those found on PATH (default: %(default)s; "
-                             "empty: none)")
+                        help="the python3.N to measure peak RSS under, those found on PATH or under pyenv "
+                             "(default: %(default)s; empty: none)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results", "bench.json"))
     args = parser.parse_args()
     results = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
