@@ -1680,6 +1680,7 @@ def without_credentials(proxy):
 
 
 TIMEOUT_SLACK_S = 0.05
+LAST_READ_S = 0.001  # past the deadline, how long the one last read waits for bytes already on their way
 
 
 class OtlpHttpClient:
@@ -1728,6 +1729,7 @@ class OtlpHttpClient:
         self.deadline = None
         self.pending = b""  # received bytes not yet parsed
         self.request_out = False  # the last request went out whole: a failure now may follow its storing
+        self.last_read = False  # the one read a request may still make once past its deadline
 
     def route_through_proxy(self, host_header, fields):
         proxy = proxy_parts(self.proxy)
@@ -1828,6 +1830,7 @@ class OtlpHttpClient:
 
     def attempt(self, data, timeout):
         self.deadline = time.monotonic() + timeout
+        self.last_read = True
         return self.guarded(lambda: self.exchange(data))
 
     def exchange(self, data):
@@ -1864,8 +1867,16 @@ class OtlpHttpClient:
 
     def receive(self):
         """More bytes of the response onto self.pending; False at the end of the connection. Each
-        wait is bounded by what is left of the request's time, not a fresh timeout per recv()."""
-        self.set_timeout()
+        wait is bounded by what is left of the request's time, not a fresh timeout per recv().
+        Past the deadline, one last read takes what has already arrived: when this process was not
+        run in time (a loaded host), an answer that came in time is read, not thrown away, which
+        would send the request again and have the collector store it twice."""
+        if self.last_read and time.monotonic() >= self.deadline:
+            self.last_read = False
+            self.sock.settimeout(LAST_READ_S)
+            self.sock_timeout = LAST_READ_S
+        else:
+            self.set_timeout()
         chunk = self.sock.recv(65536)
         self.pending += chunk
         return bool(chunk)

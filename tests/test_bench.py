@@ -2,8 +2,10 @@
 memory are measured by `make bench`, never in a test), and the receiver's counting it relies on."""
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 from conftest import TOOLS, need_peer
@@ -65,6 +67,26 @@ def test_a_tiny_bench_run_writes_every_field(tmp_path):
     assert version.startswith("3.{}.".format(sys.version_info[1]))
     assert all(kinds[kind][form] > 5 for kind in ("macmon", "nvsmi") for form in ("exporter", "deployed"))
     assert "ratio" in done.stdout and ("all targets met" in done.stdout or "TARGET MISSED" in done.stdout)
+
+
+def test_a_request_whose_sender_hung_up_before_the_answer_is_not_counted():
+    """The exporter gave up waiting and closed: writing the answer would still succeed, so the
+    receiver looks first. Counted, the request it sends again would read as a duplicate."""
+    receiver = Receiver()
+    try:
+        receiver.on_point = lambda _point: time.sleep(0.5)  # a collector slower than the sender's patience
+        body = json.dumps({"resourceMetrics": [{"resource": {"attributes": []}, "scopeMetrics": [{"metrics": [
+            {"name": "a", "unit": "W", "gauge": {"dataPoints": [{"timeUnixNano": "1", "asDouble": 1.5}]}}]}]}]})
+        port = int(receiver.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+            time.sleep(0.1)
+        assert receiver.wait_for(lambda: receiver.request_count == 1, 5)
+        time.sleep(1.0)  # the answer is due by now
+        assert receiver.count("a") == 0
+    finally:
+        receiver.stop()
 
 
 def test_a_request_the_receiver_could_not_acknowledge_is_not_counted(monkeypatch):

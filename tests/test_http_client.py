@@ -224,3 +224,31 @@ def test_a_slow_answer_leaves_the_next_request_its_whole_timeout(macmon_mod):
     finally:
         client.close()
         server.close()
+
+
+def test_an_answer_that_came_in_time_is_read_when_the_exporter_ran_late(macmon_mod):
+    """A loaded host may not run the sender for a while after its request went out: an answer
+    already there is taken by one last read, not thrown away as a timeout (the request would be
+    sent again and stored twice). Nothing more than that: an answer still missing is a timeout."""
+    def script(conn, n):
+        if n == 1:
+            conn.sendall(OK)  # at once
+        elif n == 2:
+            conn.sendall(OK[:20])  # half of it, the rest never comes
+            time.sleep(3)
+    server, thread, count = serve_script(script)
+    client = client_for(macmon_mod, server, timeout_s=0.5)
+    read_response = client.read_response
+
+    def late(*args, **kwargs):
+        time.sleep(0.8)  # the sender was not run until past the deadline
+        return read_response(*args, **kwargs)
+    client.read_response = late
+    try:
+        first = client.post("{}")
+        assert (first.kind, first.http_status) == ("ok", 200) and count[0] == 1
+        second = client.post("{}")
+        assert (second.kind, second.error_type) == ("retry", "timeout") and second.unanswered
+    finally:
+        client.close()
+        server.close()

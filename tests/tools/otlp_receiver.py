@@ -13,6 +13,7 @@ import collections
 import gzip
 import http.server
 import json
+import select
 import socket
 import sys
 import threading
@@ -178,11 +179,27 @@ class Receiver:
         """False when the answer could not be delivered (the exporter gave up waiting, or stop()
         cut the connection): the exporter then never learns the request was accepted."""
         data = json.dumps(body).encode()
+        if self.client_gone(handler):
+            return False
         try:
             self.send(handler, status, data, headers)
             return True
         except OSError:
             return False
+
+    @staticmethod
+    def client_gone(handler):
+        """The exporter closed the connection before its answer (it gave up waiting). Writing the
+        answer now would still succeed, into a socket nobody reads, and the request would count
+        as delivered although the exporter sends it again."""
+        try:
+            if not select.select([handler.connection], [], [], 0)[0]:
+                return False
+            return handler.connection.recv(1, socket.MSG_PEEK) == b""
+        except ValueError:  # a TLS socket takes no flags: then it cannot be told, as before
+            return False
+        except OSError:
+            return True
 
     @staticmethod
     def send(handler, status, data, headers):
